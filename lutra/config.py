@@ -1,0 +1,291 @@
+"""Typed configuration: one dataclass schema per Hydra config group.
+
+Each schema is registered in Hydra's ConfigStore and named in the defaults list of every YAML of its group, so a
+misspelt key or a wrong type fails while Hydra composes the config, and `__post_init__` range checks fail when
+`to_object` builds the dataclasses, both before any model loads. The error names the offending key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message names the key."""
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = MISSING
+    """Benchmark id: mini_sql | spider | bird | ds1000."""
+    executor: str = "sql"
+    """How a program is checked: `sql` (SQLite, result compared with gold's) or `python` (test harness)."""
+    comparison: str = "spider_ts"
+    """SQL result comparison rule: spider_ts | bird_set | strict (see lutra.execution.compare)."""
+    data_dir: Optional[str] = None
+    """Root of the benchmark's official files; None means $LUTRA_DATA/<name>. mini_sql generates its own."""
+    train_split: str = "train"
+    """Split the loop samples and trains on."""
+    eval_split: str = "eval"
+    """Split evaluated greedily after each round."""
+    n_train: Optional[int] = None
+    """Subsample the train split to this many problems (seeded); None keeps all. The paper uses 500."""
+    n_eval: Optional[int] = None
+    """Subsample the eval split; None keeps all."""
+    subsample_seed: int = 0
+    """Seed of the n_train / n_eval subsampling and of generated benchmarks."""
+    timeout_s: float = 5.0
+    """Per-program execution deadline in seconds (timeout counts as wrong in reported EX)."""
+    workers: Optional[int] = None
+    """Executor worker processes; None = number of CPU cores."""
+    n_warmup: int = 0
+    """Problems (disjoint from train and eval) used to warm-start a locally built model; 0 = none."""
+    prompt_rows: int = 0
+    """Example rows per table shown in SQL prompts (0 = schema only)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Benchmark-specific settings (documented in the benchmark's module and YAML)."""
+
+    def __post_init__(self) -> None:
+        _one_of(self.executor, "benchmark.executor", ("sql", "python"))
+        _one_of(self.comparison, "benchmark.comparison", ("spider_ts", "bird_set", "strict"))
+        _check(self.timeout_s > 0, "benchmark.timeout_s", f"must be > 0, got {self.timeout_s}")
+        for key in ("n_train", "n_eval"):
+            v = getattr(self, key)
+            _check(v is None or v > 0, f"benchmark.{key}", f"must be > 0 or null, got {v}")
+        _check(self.workers is None or self.workers > 0, "benchmark.workers", "must be > 0 or null")
+        _check(self.n_warmup >= 0, "benchmark.n_warmup", "must be >= 0")
+        _check(self.prompt_rows >= 0, "benchmark.prompt_rows", "must be >= 0")
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape and warm start of a Llama-architecture model built locally (no hub needed)."""
+
+    vocab_size: int = 2048
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_layers: int = 4
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    max_position_embeddings: int = 1024
+    warm_start_steps: int = 1500
+    """Supervised steps on the benchmark's warm-up problems (disjoint from train and eval)."""
+    warm_start_batch_size: int = 32
+    warm_start_lr: float = 2e-3
+    rare_templates_keep: float = 0.03
+    """Fraction of warm-up problems kept for the benchmark's `rare` templates (mini_sql): a weak-on-target base."""
+
+    def __post_init__(self) -> None:
+        _check(self.hidden_size % self.num_heads == 0, "model.tiny.hidden_size", "must be divisible by num_heads")
+        _check(self.num_heads % self.num_kv_heads == 0, "model.tiny.num_kv_heads", "must divide num_heads")
+        _check(self.warm_start_steps >= 0, "model.tiny.warm_start_steps", "must be >= 0")
+        _check(0.0 <= self.rare_templates_keep <= 1.0, "model.tiny.rare_templates_keep", "must be in [0, 1]")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    """Short name used in run names."""
+    path: str = MISSING
+    """Hugging Face hub id or local directory passed to from_pretrained."""
+    build: Optional[str] = None
+    """`tiny`: build (tokenizer + Llama model + warm start) locally under outputs/models/ when absent."""
+    dtype: str = "float32"
+    """Weights dtype: float32 | bfloat16 | float16."""
+    max_prompt_len: int = 768
+    """Prompts longer than this (tokens) are dropped and counted, never truncated."""
+    max_completion_len: int = 128
+    """Generation length cap; a completion that needs more is dropped from training and counted."""
+    use_chat_template: bool = True
+    """Format prompts with the tokenizer's chat template when it has one."""
+    system_prompt: Optional[str] = None
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    """LoRA dropout while training on the warm start; preference training always runs with dropout off."""
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    lr: float = 2e-5
+    """AdamW learning rate for the LoRA parameters, suited to the model's size."""
+    load_in_4bit: bool = False
+    """QLoRA: load the frozen base in 4 bits (needs the `qlora` extra and a GPU)."""
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    tiny: Optional[TinyModelConfig] = None
+
+    def __post_init__(self) -> None:
+        _one_of(self.dtype, "model.dtype", ("float32", "bfloat16", "float16"))
+        _check(self.max_prompt_len > 0, "model.max_prompt_len", "must be > 0")
+        _check(self.max_completion_len > 0, "model.max_completion_len", "must be > 0")
+        _check(self.lora_r > 0, "model.lora_r", f"must be > 0, got {self.lora_r}")
+        _check(self.lora_alpha > 0, "model.lora_alpha", "must be > 0")
+        _check(0.0 <= self.lora_dropout < 1.0, "model.lora_dropout", "must be in [0, 1)")
+        _check(self.lr > 0, "model.lr", f"must be > 0, got {self.lr}")
+        _check(self.build in (None, "tiny"), "model.build", f"must be null or 'tiny', got {self.build!r}")
+        _check(self.build != "tiny" or self.tiny is not None, "model.tiny", "required when model.build=tiny")
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    """codelutra | dpo | sft | sft_gold | nll_only (see conf/method/*.yaml)."""
+    loss: str = "dpo_nll"
+    """dpo_nll: beta-DPO on (chosen, rejected) + nll_weight * NLL(chosen); sft: NLL on correct samples or golds."""
+    samples_per_problem: int = 8
+    """N candidates sampled per train problem each round."""
+    temperature: float = 0.8
+    top_p: float = 0.95
+    pairs_per_problem: int = 4
+    """K: at most this many distinct (chosen, rejected) pairs per problem, drawn with the run's seed."""
+    gold_as_chosen: bool = False
+    """Add the ground-truth program as a chosen candidate (gives pairs to problems with no correct sample)."""
+    sft_data: str = "correct_samples"
+    """For loss=sft: `correct_samples` (distinct correct samples) or `gold` (the train problems' gold programs)."""
+    beta: float = 0.1
+    dpo_weight: float = 1.0
+    """Weight of the DPO term (0 turns it off: NLL on the pairs' chosen only)."""
+    nll_weight: float = 1.0
+    """lambda, weight of the NLL term on the chosen completion."""
+    nll_reduction: str = "seq_mean"
+    """seq_mean (Iterative RPO) | token_mean (TRL's 'sft' loss) | sum."""
+    reference: str = "previous"
+    """Reference policy: `previous` (the policy the round starts from) or `base` (adapter disabled)."""
+    adapter: str = "continue"
+    """continue: one LoRA adapter trained across rounds; fresh: merge it into the base and start a new one."""
+    epochs_per_round: int = 1
+    max_steps_per_round: Optional[int] = None
+    """Cap on optimizer steps per round (null: epochs_per_round decides)."""
+    batch_size: int = 8
+    """Pairs (or sequences, for sft) per optimizer micro-batch."""
+    lr: Optional[float] = None
+    """Overrides model.lr when set."""
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    sample_batch_size: int = 32
+    """Prompts per generation batch (each expanded to samples_per_problem sequences)."""
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _one_of(self.loss, "method.loss", ("dpo_nll", "sft"))
+        _check(self.samples_per_problem > 0, "method.samples_per_problem", f"must be > 0, got {self.samples_per_problem}")
+        _check(self.temperature > 0, "method.temperature", f"must be > 0, got {self.temperature}")
+        _check(0 < self.top_p <= 1, "method.top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(self.pairs_per_problem > 0, "method.pairs_per_problem", "must be > 0")
+        _one_of(self.sft_data, "method.sft_data", ("correct_samples", "gold"))
+        _check(self.beta > 0, "method.beta", f"must be > 0, got {self.beta}")
+        _check(self.dpo_weight >= 0, "method.dpo_weight", f"must be >= 0, got {self.dpo_weight}")
+        _check(self.nll_weight >= 0, "method.nll_weight", f"must be >= 0, got {self.nll_weight}")
+        _one_of(self.nll_reduction, "method.nll_reduction", ("seq_mean", "token_mean", "sum"))
+        _one_of(self.reference, "method.reference", ("previous", "base"))
+        _one_of(self.adapter, "method.adapter", ("continue", "fresh"))
+        _check(self.epochs_per_round > 0, "method.epochs_per_round", "must be > 0")
+        _check(self.max_steps_per_round is None or self.max_steps_per_round > 0, "method.max_steps_per_round", "must be > 0 or null")
+        _check(self.batch_size > 0, "method.batch_size", "must be > 0")
+        _check(self.lr is None or self.lr > 0, "method.lr", "must be > 0 or null")
+        _check(self.loss == "sft" or self.dpo_weight > 0 or self.nll_weight > 0, "method.nll_weight",
+               "dpo_weight and nll_weight are both 0: nothing to train")
+
+
+@dataclass
+class TrainerConfig:
+    """Plain Lightning Trainer arguments (see conf/trainer/*.yaml)."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: Any = "auto"
+    precision: Any = "32-true"
+    num_nodes: int = 1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0
+    log_every_n_steps: int = 5
+    enable_progress_bar: bool = True
+    deepspeed_stage: Optional[int] = None
+    """2 or 3 with strategy=deepspeed (ZeRO stage)."""
+
+    def __post_init__(self) -> None:
+        _check(self.accumulate_grad_batches > 0, "trainer.accumulate_grad_batches", "must be > 0")
+        _check(self.num_nodes > 0, "trainer.num_nodes", "must be > 0")
+        _check(self.log_every_n_steps > 0, "trainer.log_every_n_steps", "must be > 0")
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "csv"
+    """csv | wandb | none."""
+    project: str = "lutra"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    """wandb group; sweeps set it to the sweep name."""
+    job_type: Optional[str] = None
+    """wandb job_type; defaults to the method name."""
+    mode: Optional[str] = None
+    """wandb mode: online | offline | disabled; None follows WANDB_MODE."""
+    tags: list[str] = field(default_factory=list)
+    log_samples: bool = True
+    """Log a table of sampled pairs each round."""
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, "logger.name", ("csv", "wandb", "none"))
+        _check(self.mode in (None, "online", "offline", "disabled"), "logger.mode", f"invalid: {self.mode!r}")
+
+
+@dataclass
+class TrainConfig:
+    benchmark: BenchmarkConfig = MISSING
+    model: ModelConfig = MISSING
+    method: MethodConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    rounds: int = 4
+    """Refinement rounds after the round-0 evaluation of the base model (the paper runs 4)."""
+    seed: int = 0
+    run_dir: str = MISSING
+    """Where every artifact of the run lands; re-running with the same run_dir resumes."""
+    eval_every_round: bool = True
+    resume: str = "auto"
+    """auto: resume a run dir with the same config, refuse a changed one; force: resume despite changes."""
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 0, "rounds", f"must be >= 0, got {self.rounds}")
+        _one_of(self.resume, "resume", ("auto", "force"))
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="benchmark", name="benchmark_schema", node=BenchmarkConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="method", name="method_schema", node=MethodConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+
+
+def to_object(cfg: DictConfig, schema: type = TrainConfig) -> Any:
+    """Resolve and validate a composed config into dataclasses, failing with a key-naming ConfigError."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing required config values: {missing}")
+    merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    return OmegaConf.to_object(merged)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain (JSON-able) dict of a config object or DictConfig."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.structured(cfg)
+    return OmegaConf.to_container(cfg, resolve=True)

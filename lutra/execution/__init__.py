@@ -1,0 +1,41 @@
+"""Execution: run model-written programs against ground truth and return structured verdicts.
+
+`judge(items, cfg)` is what the loop calls: it checks each (problem, program) pair with the benchmark's executor
+(`sql` or `python`) and comparison rule and returns one `Verdict` per item, in order. Identical programs of one
+problem are executed once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+STATUSES = ("ok", "error", "timeout", "oom", "killed", "too_large", "output_flood", "tamper")
+
+
+@dataclass
+class Verdict:
+    status: str
+    """ok | error | timeout | oom | killed | too_large | output_flood | tamper (how the program ran)."""
+    correct: Optional[bool]
+    """True/False: matches the gold result (or passes the tests); None: unknown, the gold itself failed."""
+    seconds: float = 0.0
+    error: str = ""
+    """Tail of the error message, empty when the program ran."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def judge(items, cfg, *, progress: bool = True, desc: str = "execute", for_training: bool = False) -> list[Verdict]:
+    """Verdicts for `items` = [(Problem, program text), ...] under benchmark config `cfg`.
+
+    for_training: re-run timeouts once, serially, before labelling, so load does not create false rejections.
+    """
+    if cfg.executor == "sql":
+        from lutra.execution import sql
+
+        return sql.judge(items, cfg, progress=progress, desc=desc, for_training=for_training)
+    from lutra.execution import python
+
+    return python.judge(items, cfg, progress=progress, desc=desc, for_training=for_training)
