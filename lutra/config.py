@@ -99,8 +99,8 @@ class TinyModelConfig:
 class ModelConfig:
     name: str = MISSING
     """Short name used in run names."""
-    path: str = MISSING
-    """Hugging Face hub id or local directory passed to from_pretrained."""
+    path: Optional[str] = None
+    """Hugging Face hub id or local directory passed to from_pretrained (null with build=tiny: built locally)."""
     build: Optional[str] = None
     """`tiny`: build (tokenizer + Llama model + warm start) locally under outputs/models/ when absent."""
     dtype: str = "float32"
@@ -137,6 +137,7 @@ class ModelConfig:
         _check(self.lr > 0, "model.lr", f"must be > 0, got {self.lr}")
         _check(self.build in (None, "tiny"), "model.build", f"must be null or 'tiny', got {self.build!r}")
         _check(self.build != "tiny" or self.tiny is not None, "model.tiny", "required when model.build=tiny")
+        _check(self.path is not None or self.build is not None, "model.path", "required (hub id or local dir)")
 
 
 @dataclass
