@@ -1,0 +1,200 @@
+"""Prompts, token boundaries and the per-round preference data.
+
+Boundary rules (tested in tests/test_data.py and tests/test_chat_templates.py):
+- the prompt is rendered once (chat template when the tokenizer has one) and tokenized without adding special
+  tokens, then exactly one BOS is ensured at the front when the tokenizer uses one;
+- a completion is tokenized on its own and EOS is appended, so the prompt ids are an exact prefix of every
+  training sequence and the boundary is the one generation sees (sampling feeds the same prompt ids);
+- a pair whose prompt or completion exceeds the model's limits is dropped and counted, never truncated.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def format_prompt(tokenizer, user_message: str, model_cfg) -> str:
+    """The prompt text for one problem: the chat template's rendering when available, else the raw message."""
+    if model_cfg.use_chat_template and getattr(tokenizer, "chat_template", None):
+        messages = []
+        if model_cfg.system_prompt:
+            messages.append({"role": "system", "content": model_cfg.system_prompt})
+        messages.append({"role": "user", "content": user_message})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return user_message.rstrip() + "\n"
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer's own encoding starts with BOS (Llama-style), which lutra then guarantees once."""
+    if tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if adds_bos(tokenizer):
+        while ids and ids[0] == bos:  # a template that already wrote BOS: keep exactly one
+            ids = ids[1:]
+        ids = [bos] + ids
+    return ids
+
+
+def encode_completion(tokenizer, completion: str) -> list[int]:
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id]
+
+
+@dataclass
+class EncodedPairs:
+    """Token ids of a round's pairs (or SFT targets) with the drop counts."""
+
+    prompts: list[list[int]] = field(default_factory=list)
+    chosen: list[list[int]] = field(default_factory=list)
+    rejected: list[list[int] | None] = field(default_factory=list)
+    index: list[int] = field(default_factory=list)
+    """Position of each kept pair in the round's pairs.jsonl."""
+    dropped_prompt_too_long: int = 0
+    dropped_completion_too_long: int = 0
+
+
+def encode_pairs(tokenizer, records: list[dict], model_cfg, *, with_rejected: bool = True) -> EncodedPairs:
+    out = EncodedPairs()
+    prompt_cache: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        p = prompt_cache.get(r["prompt"])
+        if p is None:
+            p = prompt_cache[r["prompt"]] = encode_prompt(tokenizer, r["prompt"])
+        if len(p) > model_cfg.max_prompt_len:
+            out.dropped_prompt_too_long += 1
+            continue
+        c = encode_completion(tokenizer, r["chosen"])
+        rj = encode_completion(tokenizer, r["rejected"]) if with_rejected else None
+        limit = model_cfg.max_completion_len + 1  # + EOS
+        if len(c) > limit or (rj is not None and len(rj) > limit):
+            out.dropped_completion_too_long += 1
+            continue
+        out.prompts.append(p)
+        out.chosen.append(c)
+        out.rejected.append(rj)
+        out.index.append(i)
+    return out
+
+
+class PairDataset(Dataset):
+    def __init__(self, enc: EncodedPairs, ref: torch.Tensor | None = None):
+        self.enc, self.ref = enc, ref
+
+    def __len__(self) -> int:
+        return len(self.enc.prompts)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"i": i, "prompt": self.enc.prompts[i], "chosen": self.enc.chosen[i], "rejected": self.enc.rejected[i]}
+        if self.ref is not None:
+            item["ref"] = self.ref[i]
+        return item
+
+
+def collate(items: list[dict], pad_id: int) -> dict:
+    """Chosen and rejected sequences of B pairs stacked into one (2B, T) batch: one forward pass for both.
+
+    labels are the next tokens, mask is 1 exactly on completion tokens (EOS included).
+    """
+    seqs, masks = [], []
+    for key in ("chosen", "rejected"):
+        for it in items:
+            if it[key] is None:
+                continue
+            seqs.append(it["prompt"] + it[key])
+            masks.append([0] * len(it["prompt"]) + [1] * len(it[key]))
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    comp_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for j, (s, m) in enumerate(zip(seqs, masks)):
+        input_ids[j, : len(s)] = torch.tensor(s)
+        comp_mask[j, : len(m)] = torch.tensor(m)
+        attn[j, : len(s)] = 1
+    batch = {
+        "input_ids": input_ids[:, :-1],
+        "attention_mask": attn[:, :-1],
+        "labels": input_ids[:, 1:],
+        "loss_mask": comp_mask[:, 1:],
+        "index": torch.tensor([it["i"] for it in items]),
+    }
+    if "ref" in items[0]:
+        batch["ref"] = torch.stack([it["ref"] for it in items])  # (B, 2): chosen, rejected
+    return batch
+
+
+class LengthBucketSampler(torch.utils.data.Sampler):
+    """Batches of similar total length (little padding), in a seeded random order that changes per epoch.
+
+    Stateful (epoch + position) so a resumed epoch neither repeats nor skips batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.epoch, self.position = 0, 0
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}/{self.epoch}")
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        chunk = self.batch_size * 16  # sort within chunks: keeps randomness, removes most padding
+        batches = []
+        for s in range(0, len(order), chunk):
+            part = sorted(order[s : s + chunk], key=lambda i: self.lengths[i])
+            batches += [part[j : j + self.batch_size] for j in range(0, len(part), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self):
+        batches = self._batches()
+        for b in batches[self.position :]:
+            self.position += 1
+            yield b
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Serves one round's encoded pairs (rebuilt every round), with the reference log-probs attached."""
+
+    def __init__(self, enc: EncodedPairs, ref: torch.Tensor | None, batch_size: int, pad_id: int, seed: int):
+        super().__init__()
+        self.dataset = PairDataset(enc, ref)
+        lengths = [len(p) + len(c) + len(r or []) for p, c, r in zip(enc.prompts, enc.chosen, enc.rejected)]
+        self.sampler = LengthBucketSampler(lengths, batch_size, seed)
+        self.pad_id = pad_id
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=lambda b: collate(b, self.pad_id))
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+
+def ordered_batches(enc: EncodedPairs, batch_size: int, pad_id: int):
+    """Deterministic, unshuffled batches (for computing reference log-probs once per round)."""
+    ds = PairDataset(enc)
+    for s in range(0, len(ds), batch_size):
+        yield collate([ds[i] for i in range(s, min(s + batch_size, len(ds)))], pad_id)

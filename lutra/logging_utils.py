@@ -1,0 +1,121 @@
+"""Experiment logging: one logger per run (CSV, wandb or none), shared by every round's Trainer.
+
+Train metrics are logged per optimizer step (continuing across rounds); round-level metrics (eval/*, pairs/*)
+carry a `round` axis. With wandb, the run id is written to `<run_dir>/wandb_id` before training starts, so a
+resumed run continues the same wandb run; `WANDB_MODE=offline` (or logger.mode=offline) needs no network.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from lutra.config import to_dict
+
+
+def _flat_numbers(d: dict, prefix: str) -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, bool):
+            out[key] = float(v)
+        elif isinstance(v, (int, float)):
+            out[key] = v
+        elif isinstance(v, dict):
+            out.update(_flat_numbers(v, key + "/"))
+    return out
+
+
+class RunLogger:
+    def __init__(self, cfg, run):
+        self.cfg, self.run, self._pl = cfg, run, None
+        self.kind = cfg.logger.name
+
+    def lightning(self):
+        if self._pl is not None or self.kind == "none":
+            return self._pl or False
+        if self.kind == "csv":
+            from lightning.pytorch.loggers import CSVLogger
+
+            self._pl = CSVLogger(save_dir=str(self.run.dir), name="logs", version="")
+        else:
+            self._pl = self._wandb()
+        return self._pl
+
+    def _wandb(self):
+        from lightning.pytorch.loggers import WandbLogger
+
+        lc = self.cfg.logger
+        id_file = Path(self.run.dir) / "wandb_id"
+        if id_file.exists():
+            run_id = id_file.read_text().strip()
+        else:
+            import wandb
+
+            run_id = wandb.util.generate_id()
+            from lutra.artifacts import atomic_write_text
+
+            atomic_write_text(id_file, run_id)
+        if lc.mode:
+            os.environ["WANDB_MODE"] = lc.mode
+        logger = WandbLogger(
+            project=lc.project, entity=lc.entity, group=lc.group, job_type=lc.job_type or self.cfg.method.name,
+            tags=list(lc.tags), id=run_id, resume="allow", save_dir=str(self.run.dir),
+            config=to_dict(self.cfg), name=Path(self.run.dir).name,
+        )
+        exp = logger.experiment
+        exp.define_metric("round")
+        for prefix in ("eval/*", "pairs/*", "round/*"):
+            exp.define_metric(prefix, step_metric="round")
+        return logger
+
+    def _write_rounds_csv(self, k: int, row: dict) -> None:
+        from io import StringIO
+
+        from lutra.artifacts import atomic_write_text
+
+        path = Path(self.run.dir) / "rounds.csv"
+        rows = []
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["round"]) != k]
+        rows = sorted(rows + [{"round": k, **row}], key=lambda r: int(r["round"]))
+        fields = sorted({key for r in rows for key in r}, key=lambda s: (s != "round", s))
+        buf = StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(path, buf.getvalue())
+
+    def log_eval(self, k: int, metrics: dict) -> None:
+        nums = _flat_numbers({key: v for key, v in metrics.items() if key != "round"}, "eval/")
+        self._merge_round(k, nums)
+
+    def log_pairs(self, k: int, pairs: list[dict], stats: dict) -> None:
+        self._merge_round(k, _flat_numbers(stats, "pairs/"))
+        if self.kind == "wandb" and self.cfg.logger.log_samples and pairs:
+            import wandb
+
+            table = wandb.Table(columns=["round", "problem_id", "chosen", "rejected"])
+            for p in pairs[:64]:
+                table.add_data(k, p["problem_id"], p["chosen"], p.get("rejected"))
+            self.lightning().experiment.log({"round": k, "samples/pairs": table})
+
+    def _merge_round(self, k: int, metrics: dict) -> None:
+        path = Path(self.run.dir) / "rounds.csv"
+        prev = {}
+        if path.exists():
+            with open(path, newline="") as f:
+                prev = next((r for r in csv.DictReader(f) if int(r["round"]) == k), {})
+        merged = {key: v for key, v in prev.items() if key != "round" and v != ""}
+        merged.update(metrics)
+        self._write_rounds_csv(k, merged)
+        if self.kind == "wandb":
+            self.lightning().experiment.log({"round": k, **metrics})
+
+    def finish(self) -> None:
+        if self._pl is not None and self.kind == "wandb":
+            import wandb
+
+            wandb.finish()

@@ -1,0 +1,301 @@
+"""The CodeLutra loop. Round 0 evaluates the base model; each round k >= 1 then does
+
+    sample -> execute -> pair -> train (reference log-probs first) -> evaluate
+
+Every stage writes its artifact atomically into round_k/ and is marked done in the manifest, so a restart
+skips finished stages and redoes only the unfinished one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lutra import benchmarks, execution
+from lutra.artifacts import fingerprint, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
+from lutra.config import ConfigError
+from lutra.data import PreferenceDataModule, encode_pairs, format_prompt, ordered_batches
+from lutra.logging_utils import RunLogger
+from lutra.models import load_policy, setup_torch
+from lutra.module import PolicyModule, reference_logps
+from lutra.pairs import build_pairs, sft_targets
+from lutra.run import Run
+from lutra.sampling import generate
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg) -> float:
+    """Run (or resume) every round of `cfg`; returns the final eval execution accuracy (percent)."""
+    if cfg.method.reference == "base" and cfg.method.adapter == "fresh":
+        raise ConfigError("method.reference: `base` needs method.adapter=continue (a fresh adapter on merged "
+                          "weights has no adapter-free base to fall back to)")
+    setup_torch()
+    r = Loop(cfg)
+    try:
+        acc = r.evaluate(0)
+        for k in range(1, cfg.rounds + 1):
+            acc = r.run_round(k)
+        return acc
+    finally:
+        r.close()
+
+
+class Loop:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.run = Run(cfg).open()
+        self.train_problems = benchmarks.load(cfg.benchmark, cfg.benchmark.train_split)
+        self.eval_problems = benchmarks.load(cfg.benchmark, cfg.benchmark.eval_split)
+        self.by_id = {p.id: p for p in self.train_problems}
+        self.capabilities = execution.capabilities() if hasattr(execution, "capabilities") else {}
+        self.run.manifest["capabilities"] = self.capabilities
+        self.run.manifest["data"] = {"train": len(self.train_problems), "eval": len(self.eval_problems)}
+        self.run.save()
+        log.info("execution sandbox capabilities: %s", self.capabilities)
+        self.logger = RunLogger(cfg, self.run)
+        self.model, self.tok, self._policy_round = None, None, None
+        self.device = _device(cfg.trainer)
+
+    def close(self) -> None:
+        self.logger.finish()
+        self.run.close()
+
+    # -- policy -------------------------------------------------------------------------------------------------
+    def policy(self, k: int):
+        """The policy at the end of round k (k = 0: base + a fresh LoRA adapter, seeded)."""
+        if self._policy_round == k:
+            return self.model, self.tok
+        adapter = None if k == 0 else str(self.run.round_dir(k) / "adapter")
+        torch.manual_seed(self.cfg.seed)  # LoRA initialisation of a new adapter
+        if self.cfg.method.adapter == "fresh" and k > 0:
+            model, tok = self._merged_policy(k)
+        else:
+            model, tok = load_policy(self.cfg.model, self.cfg.benchmark, adapter, trainable=True, device=self.device)
+        self.model, self.tok, self._policy_round = model, tok, k
+        return model, tok
+
+    def _merged_policy(self, k: int):
+        from peft import PeftModel, get_peft_model
+
+        from lutra.models import load_base, load_tokenizer, lora_config, resolve_path
+
+        path = resolve_path(self.cfg.model, self.cfg.benchmark)
+        base = load_base(path, self.cfg.model, self.device)
+        for j in range(1, k + 1):
+            base = PeftModel.from_pretrained(base, str(self.run.round_dir(j) / "adapter")).merge_and_unload()
+        return get_peft_model(base, lora_config(self.cfg.model)), load_tokenizer(path, self.cfg.model)
+
+    def prompt(self, p) -> str:
+        return format_prompt(self.tok, benchmarks.user_message(self.cfg.benchmark, p), self.cfg.model)
+
+    # -- one round ----------------------------------------------------------------------------------------------
+    def run_round(self, k: int) -> float:
+        t0 = time.time()
+        samples = self.sample(k)
+        verdicts = self.execute(k, samples)
+        pairs = self.pair(k, samples, verdicts)
+        self.train(k, pairs)
+        acc = self.evaluate(k)
+        self.summary_line(k, time.time() - t0)
+        return acc
+
+    def sample(self, k: int) -> list[dict]:
+        path = self.run.round_dir(k) / "samples.jsonl"
+        if self.run.done(k, "sample"):
+            return read_jsonl(path)
+        t0 = time.time()
+        m = self.cfg.method
+        model, tok = self.policy(k - 1)
+        texts, finished = generate(
+            model, tok, [self.prompt(p) for p in self.train_problems], n=m.samples_per_problem,
+            temperature=m.temperature, top_p=m.top_p, max_new_tokens=self.cfg.model.max_completion_len,
+            batch_size=m.sample_batch_size, seed=self.cfg.seed * 1000 + k, desc=f"round {k}: sample",
+            return_finished=True,
+        )
+        records = [{"problem_id": p.id, "idx": j, "text": t, "finished": f}
+                   for p, ts, fs in zip(self.train_problems, texts, finished) for j, (t, f) in enumerate(zip(ts, fs))]
+        write_jsonl(path, records)
+        self.run.mark(k, "sample", path, time.time() - t0, samples=len(records))
+        return records
+
+    def execute(self, k: int, samples: list[dict]) -> list[dict]:
+        path = self.run.round_dir(k) / "verdicts.jsonl"
+        if self.run.done(k, "execute"):
+            return read_jsonl(path)
+        t0 = time.time()
+        runnable = [s for s in samples if s["finished"]]
+        verdicts = execution.judge([(self.by_id[s["problem_id"]], s["text"]) for s in runnable], self.cfg.benchmark,
+                                   desc=f"round {k}: execute", for_training=True)
+        by_key = {(s["problem_id"], s["idx"]): v for s, v in zip(runnable, verdicts)}
+        records = []
+        for s in samples:
+            v = by_key.get((s["problem_id"], s["idx"]))
+            rec = v.to_dict() if v else {"status": "truncated", "correct": False, "seconds": 0.0,
+                                          "error": "no EOS within max_completion_len"}
+            records.append({"problem_id": s["problem_id"], "idx": s["idx"], **rec})
+        write_jsonl(path, records)
+        acc = sum(bool(r["correct"]) for r in records) / max(1, len(records))
+        self.run.mark(k, "execute", path, time.time() - t0, sample_accuracy=round(100 * acc, 2))
+        return records
+
+    def pair(self, k: int, samples: list[dict], verdicts: list[dict]) -> list[dict]:
+        path = self.run.round_dir(k) / "pairs.jsonl"
+        if self.run.done(k, "pair"):
+            return read_jsonl(path)
+        t0 = time.time()
+        m = self.cfg.method
+        labelled = [{**s, "correct": v["correct"]} for s, v in zip(samples, verdicts)]
+        if m.loss == "sft":
+            pairs, stats = sft_targets(labelled, self.by_id, per_problem=m.pairs_per_problem,
+                                       use_gold=m.sft_data == "gold", seed=self.cfg.seed, round_idx=k)
+        else:
+            pairs, stats = build_pairs(labelled, self.by_id, pairs_per_problem=m.pairs_per_problem,
+                                       gold_as_chosen=m.gold_as_chosen, seed=self.cfg.seed, round_idx=k)
+        self.policy(k - 1)  # the tokenizer renders the prompts
+        for pr in pairs:
+            pr["prompt"] = self.prompt(self.by_id[pr["problem_id"]])
+        write_jsonl(path, pairs)
+        self.run.mark(k, "pair", path, time.time() - t0, **stats)
+        self.logger.log_pairs(k, pairs, stats)
+        return pairs
+
+    def train(self, k: int, pairs: list[dict]) -> None:
+        adapter_dir = self.run.round_dir(k) / "adapter"
+        if self.run.done(k, "train"):
+            return
+        m, t0 = self.cfg.method, time.time()
+        model, tok = self.policy(k - 1)
+        model.requires_grad_(False)
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+        enc = encode_pairs(tok, pairs, self.cfg.model, with_rejected=m.loss != "sft")
+        ref = None if m.loss == "sft" else self.reference(k, model, tok, enc)
+        dm = PreferenceDataModule(enc, ref, m.batch_size, tok.pad_token_id, seed=self.cfg.seed * 1000 + k)
+        steps_per_epoch = -(-len(enc.prompts) // (m.batch_size * self.cfg.trainer.accumulate_grad_batches))
+        max_steps = steps_per_epoch * m.epochs_per_round
+        if m.max_steps_per_round:
+            max_steps = min(max_steps, m.max_steps_per_round)
+        module = PolicyModule(model, m, lr=m.lr or self.cfg.model.lr, total_steps=max_steps)
+        step_offset = self.run.manifest.setdefault("train_steps", {})
+        offset = sum(v for kk, v in step_offset.items() if int(kk) < k)
+        stats = {"pairs_used": len(enc.prompts), "dropped_prompt_too_long": enc.dropped_prompt_too_long,
+                 "dropped_completion_too_long": enc.dropped_completion_too_long}
+        if len(enc.prompts) > 0 and max_steps > 0:
+            L.seed_everything(self.cfg.seed * 1000 + k, workers=True, verbose=False)
+            trainer = L.Trainer(**_trainer_kwargs(self.cfg.trainer), max_epochs=m.epochs_per_round,
+                                max_steps=max_steps, logger=self.logger.lightning(), enable_checkpointing=False,
+                                callbacks=[StepOffset(offset)], default_root_dir=str(self.run.dir),
+                                num_sanity_val_steps=0, enable_model_summary=False)
+            trainer.fit(module, datamodule=dm)
+            stats["steps"] = trainer.global_step
+        else:
+            log.warning("round %d: no pairs to train on; the adapter is carried over unchanged", k)
+            stats["steps"] = 0
+        step_offset[str(k)] = stats["steps"]
+        model.save_pretrained(str(adapter_dir) + ".tmp-save")
+        _replace_dir(Path(str(adapter_dir) + ".tmp-save"), adapter_dir)
+        self._policy_round = k
+        self.run.mark(k, "train", adapter_dir, time.time() - t0, **stats)
+
+    def reference(self, k: int, model, tok, enc) -> torch.Tensor:
+        """Reference log-probs of the round's pairs under the starting policy, computed once and cached."""
+        path = self.run.round_dir(k) / "ref_logps.pt"
+        prev = self.run.round_dir(k - 1) / "adapter"
+        fp = fingerprint({
+            "pairs": self.run.stage_info(k, "pair").get("sha256"),
+            "adapter": sha256_dir(prev) if prev.exists() else f"init-seed-{self.cfg.seed}",
+            "tokenizer": fingerprint(tok.get_vocab()), "reference": self.cfg.method.reference,
+        })
+        if self.run.done(k, "ref_logps"):
+            saved = torch.load(path)
+            if saved["fingerprint"] == fp:
+                return saved["logps"]
+            log.warning("round %d: cached reference log-probs do not match the pairs/policy: recomputing", k)
+        t0 = time.time()
+        logps = reference_logps(model, ordered_batches(enc, self.cfg.method.batch_size, tok.pad_token_id),
+                                use_base=self.cfg.method.reference == "base")
+        import io
+
+        from lutra.artifacts import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save({"fingerprint": fp, "logps": logps}, buf)
+        atomic_write_bytes(path, buf.getvalue())
+        self.run.mark(k, "ref_logps", path, time.time() - t0, pairs=int(logps.shape[0]))
+        return logps
+
+    def evaluate(self, k: int) -> float:
+        from lutra.evaluate import score_predictions
+
+        mpath = self.run.round_dir(k) / "metrics.json"
+        if self.run.done(k, "evaluate"):
+            return read_json(mpath)["exec_acc"]
+        t0 = time.time()
+        model, tok = self.policy(k)
+        m = self.cfg.method
+        preds = generate(model, tok, [self.prompt(p) for p in self.eval_problems], n=1, temperature=0.0,
+                         max_new_tokens=self.cfg.model.max_completion_len, batch_size=m.eval_batch_size,
+                         desc=f"round {k}: evaluate")
+        predictions = {p.id: t[0] for p, t in zip(self.eval_problems, preds)}
+        summary = score_predictions(self.eval_problems, predictions, self.cfg.benchmark, self.run.round_dir(k) / "eval")
+        metrics = {"round": k, **summary}
+        write_json(mpath, metrics)
+        self.run.mark(k, "evaluate", mpath, time.time() - t0, exec_acc=summary["exec_acc"])
+        self.logger.log_eval(k, metrics)
+        if k == 0:
+            log.info("round 0 (base model): eval EX %.1f%%", summary["exec_acc"])
+        return summary["exec_acc"]
+
+    def summary_line(self, k: int, seconds: float) -> None:
+        st = {s: self.run.stage_info(k, s) for s in ("sample", "execute", "pair", "ref_logps", "train", "evaluate")}
+        pair = st["pair"]
+        secs = " ".join(f"{s}={st[s].get('seconds', 0):.0f}s" for s in st)
+        log.info("round %d: eval EX %.1f%% | sample acc %.1f%% | pairs %d from %d/%d problems "
+                 "(all-correct %d, all-wrong %d) | %s", k, st["evaluate"].get("exec_acc", float("nan")),
+                 st["execute"].get("sample_accuracy", float("nan")), pair.get("pairs", 0),
+                 pair.get("with_pairs", 0), pair.get("problems", 0), pair.get("all_correct", 0),
+                 pair.get("all_wrong", 0), secs)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    import os
+    import shutil
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+
+
+def _device(tcfg) -> str:
+    if tcfg.accelerator in ("gpu", "cuda") or (tcfg.accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def _trainer_kwargs(tcfg) -> dict:
+    precision = tcfg.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    strategy = tcfg.strategy
+    if strategy == "deepspeed" and tcfg.deepspeed_stage:
+        strategy = f"deepspeed_stage_{tcfg.deepspeed_stage}"
+    return {"accelerator": tcfg.accelerator, "devices": tcfg.devices, "strategy": strategy, "precision": precision,
+            "num_nodes": tcfg.num_nodes, "accumulate_grad_batches": tcfg.accumulate_grad_batches,
+            "gradient_clip_val": tcfg.gradient_clip_val, "log_every_n_steps": tcfg.log_every_n_steps,
+            "enable_progress_bar": tcfg.enable_progress_bar}
+
+
+class StepOffset(L.Callback):
+    """Continue the logger's step count across rounds (each round has its own Trainer)."""
+
+    def __init__(self, offset: int):
+        self.offset = offset
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        trainer.fit_loop.epoch_loop._batches_that_stepped = self.offset

@@ -1,0 +1,127 @@
+"""Loading the policy: tokenizer + base model through `from_pretrained`, LoRA through peft.
+
+`model=tiny` is a small Llama built here once (tokenizer trained on the benchmark's text, random init, short
+supervised warm start on generated gold pairs disjoint from train and eval), saved with `save_pretrained` under
+outputs/models/, and from then on loaded exactly as a hub model is: `AutoTokenizer.from_pretrained` and
+`AutoModelForCausalLM.from_pretrained` on that directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from lutra.artifacts import fingerprint
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TINY_VERSION = 1  # bump when the tiny build recipe changes: the cache key changes with it
+
+
+def setup_torch(threads: int | None = None) -> None:
+    # Denormals made the tiny model's CPU training and decoding ~4x slower in the prototype.
+    torch.set_flush_denormal(True)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def tiny_dir(model_cfg, bench_cfg) -> Path:
+    import importlib
+
+    bench_module = importlib.import_module(f"lutra.benchmarks.{bench_cfg.name}")
+    key = {
+        "v": TINY_VERSION,
+        "bench_version": getattr(bench_module, "GENERATOR_VERSION", None),
+        "tiny": {k: getattr(model_cfg.tiny, k) for k in vars(model_cfg.tiny)},
+        "bench": bench_cfg.name,
+        "seed": bench_cfg.subsample_seed,
+        "n_warmup": bench_cfg.n_warmup,
+        "options": dict(bench_cfg.options),
+        "max_completion_len": model_cfg.max_completion_len,
+    }
+    root = Path(os.environ.get("LUTRA_MODELS", "outputs/models"))
+    return root / f"tiny-{bench_cfg.name}-{fingerprint(key, 12)}"
+
+
+def resolve_path(model_cfg, bench_cfg) -> str:
+    """The directory or hub id to load; builds the tiny model first when it is not cached yet."""
+    if model_cfg.build == "tiny" and model_cfg.path is None:
+        path = tiny_dir(model_cfg, bench_cfg)
+        if not (path / "config.json").exists():
+            from lutra.tiny import build_tiny
+
+            build_tiny(model_cfg, bench_cfg, path)
+        return str(path)
+    return model_cfg.path
+
+
+def load_tokenizer(path: str, model_cfg):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(path: str, model_cfg, device: str | torch.device = "cpu"):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": DTYPES[model_cfg.dtype], "trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not model_cfg.load_in_4bit:
+        model.to(device)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model
+
+
+def lora_config(model_cfg):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=model_cfg.lora_r,
+        lora_alpha=model_cfg.lora_alpha,
+        lora_dropout=model_cfg.lora_dropout,
+        target_modules=list(model_cfg.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_policy(model_cfg, bench_cfg, adapter: str | None = None, *, trainable: bool = False, device="cpu"):
+    """(peft model, tokenizer): the base with `adapter` loaded, or with a new LoRA adapter when adapter is None."""
+    from peft import PeftModel, get_peft_model
+
+    path = resolve_path(model_cfg, bench_cfg)
+    tok = load_tokenizer(path, model_cfg)
+    base = load_base(path, model_cfg, device)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(base, adapter, is_trainable=trainable)
+    else:
+        model = get_peft_model(base, lora_config(model_cfg))
+        if not trainable:
+            model.requires_grad_(False)
+    return model, tok
+
+
+def load(model_cfg, bench_cfg, adapter: str | None = None, device="cpu"):
+    """(model, tokenizer) for inference: the base alone, or with a trained adapter. Used by lutra.evaluate."""
+    if adapter is None:
+        path = resolve_path(model_cfg, bench_cfg)
+        model = load_base(path, model_cfg, device)
+        model.eval()
+        return model, load_tokenizer(path, model_cfg)
+    model, tok = load_policy(model_cfg, bench_cfg, adapter, device=device)
+    model.eval()
+    return model, tok

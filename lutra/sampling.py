@@ -1,0 +1,116 @@
+"""Generating programs: N samples per prompt with the prompt's KV cache computed once and shared.
+
+HF `generate(num_return_sequences=N)` runs every prompt N times through the model. Here each batch of prompts is
+encoded once (left-padded, explicit attention mask and positions), its KV cache is repeated N times in place, and
+decoding continues token by token with temperature / top-p (or greedy), pruning finished rows from the cache.
+Seeded per batch, so a stage re-run after a crash draws the same samples on the same hardware.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from lutra.data import encode_prompt
+
+
+def _sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # smallest set whose mass reaches top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+@torch.inference_mode()
+def _generate_batch(model, prompt_ids, *, n, temperature, top_p, max_new_tokens, eos_ids, pad_id, gen, device):
+    from transformers import DynamicCache
+
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):  # left padding: every prompt ends at the last column
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                logits_to_keep=1)
+    cache = out.past_key_values
+    logits = out.logits[:, -1]
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+        logits = logits.repeat_interleave(n, 0)
+        mask = mask.repeat_interleave(n, 0)
+        pos = pos.repeat_interleave(n, 0)
+    rows = logits.shape[0]
+    alive = torch.arange(rows, device=device)  # original row of each live cache row
+    next_pos = pos[:, -1] + 1
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    for step in range(max_new_tokens):
+        nxt = _sample_next(logits, temperature, top_p, gen)
+        done = torch.isin(nxt, eos)
+        for r, t, d in zip(alive.tolist(), nxt.tolist(), done.tolist()):
+            if not d:
+                tokens[r].append(t)
+        if step == max_new_tokens - 1:
+            break
+        keep = (~done).nonzero().squeeze(-1)
+        if keep.numel() == 0:
+            break
+        if keep.numel() < alive.numel():
+            cache.batch_select_indices(keep)
+            alive, nxt, mask, next_pos = alive[keep], nxt[keep], mask[keep], next_pos[keep]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        next_pos = next_pos + 1
+    finished = [True] * rows
+    for r in alive.tolist():  # rows still alive after the loop never emitted EOS
+        if len(tokens[r]) >= max_new_tokens:
+            finished[r] = False
+    return tokens, finished
+
+
+def generate(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
+             max_new_tokens: int = 128, batch_size: int = 32, seed: int = 0, progress: bool = True,
+             desc: str = "sample", return_finished: bool = False):
+    """n completions (text, EOS stripped) for each prompt string; temperature 0 = greedy.
+
+    With return_finished, also a parallel list of flags: False where a sample hit max_new_tokens without EOS
+    (lutra labels such samples as truncated instead of executing a cut-off program).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
+    eos_ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts: list[list[str]] = [[] for _ in prompts]
+    flags: list[list[bool]] = [[] for _ in prompts]
+    bar = tqdm(total=len(prompts) * n, desc=desc, disable=not progress, unit="seq", leave=False)
+    for b, start in enumerate(range(0, len(order), batch_size)):
+        idx = order[start : start + batch_size]
+        gen = torch.Generator(device="cpu" if device.type != "cuda" else device).manual_seed(seed * 1_000_003 + b)
+        toks, fin = _generate_batch(model, [encoded[i] for i in idx], n=n, temperature=temperature, top_p=top_p,
+                                    max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, gen=gen,
+                                    device=device)
+        for j, i in enumerate(idx):
+            for k in range(n):
+                texts[i].append(tokenizer.decode(toks[j * n + k], skip_special_tokens=True).strip())
+                flags[i].append(fin[j * n + k])
+        bar.update(len(idx) * n)
+    bar.close()
+    model.train(was_training)
+    return (texts, flags) if return_finished else texts
