@@ -41,6 +41,8 @@ def build_pairs(samples: list[dict], problems: dict, *, pairs_per_problem: int, 
         if grp["unknown"]:
             stats["unknown_gold"] += 1
             continue
+        if not grp["correct"] and not grp["wrong"]:
+            continue  # no labelled sample at all
         chosen = list(grp["correct"])
         if gold_as_chosen and problems[pid].gold not in chosen:
             chosen.append(problems[pid].gold)

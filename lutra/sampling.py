@@ -26,6 +26,14 @@ def _sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: to
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
+def _cache_kw(model) -> str:
+    # transformers >= 5.2x renamed `past_key_values` to `cache` in forward(); older versions only know the former
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def _generate_batch(model, prompt_ids, *, n, temperature, top_p, max_new_tokens, eos_ids, pad_id, gen, device):
     from transformers import DynamicCache
@@ -38,9 +46,9 @@ def _generate_batch(model, prompt_ids, *, n, temperature, top_p, max_new_tokens,
         mask[i, width - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                logits_to_keep=1)
+    cache, kw = DynamicCache(), _cache_kw(model)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                **{kw: cache})
     cache = out.past_key_values
     logits = out.logits[:, -1]
     if n > 1:
@@ -68,8 +76,8 @@ def _generate_batch(model, prompt_ids, *, n, temperature, top_p, max_new_tokens,
             cache.batch_select_indices(keep)
             alive, nxt, mask, next_pos = alive[keep], nxt[keep], mask[keep], next_pos[keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True)
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None], use_cache=True,
+                    **{kw: cache})
         cache, logits = out.past_key_values, out.logits[:, -1]
         next_pos = next_pos + 1
     finished = [True] * rows

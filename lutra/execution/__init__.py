@@ -2,7 +2,9 @@
 
 `judge(items, cfg)` is what the loop calls: it checks each (problem, program) pair with the benchmark's executor
 (`sql` or `python`) and comparison rule and returns one `Verdict` per item, in order. Identical programs of one
-problem are executed once.
+problem are executed once. `capabilities()` says which isolation layers are in force on this machine (log it
+once per run and write it into the manifest). What each sandbox stops, and what it does not, is in the
+docstrings of `lutra.execution.sql` and `lutra.execution.python`.
 """
 
 from __future__ import annotations
@@ -39,3 +41,10 @@ def judge(items, cfg, *, progress: bool = True, desc: str = "execute", for_train
     from lutra.execution import python
 
     return python.judge(items, cfg, progress=progress, desc=desc, for_training=for_training)
+
+
+def capabilities() -> dict:
+    """Isolation layers detected on this machine (uid drop, PID/net namespaces, rlimits); see sandbox.py."""
+    from lutra.execution.sandbox import capabilities as caps
+
+    return caps()

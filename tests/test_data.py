@@ -1,0 +1,68 @@
+"""Prompt/completion token boundaries: what training sees is what generation sees."""
+
+import torch
+
+from lutra.data import collate, encode_completion, encode_pairs, encode_prompt, format_prompt
+
+Q = "CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT);\nWhich singers are from France?"
+
+
+def test_chat_template_prompt_one_bos_and_generation_header(tokenizer, model_cfg):
+    prompt = format_prompt(tokenizer, Q, model_cfg)
+    assert prompt.startswith("<|bos|><|user|>\n") and prompt.endswith("<|assistant|>\n")
+    ids = encode_prompt(tokenizer, prompt)
+    assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
+    # a plain tokenizer call adds BOS by itself (post-processor), so lutra must not double it
+    assert tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id
+
+
+def test_no_template_falls_back_to_plain_text(tokenizer, model_cfg):
+    model_cfg.use_chat_template = False
+    prompt = format_prompt(tokenizer, Q, model_cfg)
+    assert prompt == Q + "\n"
+    ids = encode_prompt(tokenizer, prompt)
+    assert ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_values_tokenize_the_same_in_question_and_sql(tokenizer):
+    def toks(s):
+        return tokenizer.convert_ids_to_tokens(tokenizer(s, add_special_tokens=False)["input_ids"])
+
+    assert "France" in toks("singers from France?") and "France" in toks("WHERE country = 'France'")
+
+
+def test_collate_prompt_is_exact_prefix_eos_present_mask_on_completion(tokenizer, model_cfg):
+    prompt = format_prompt(tokenizer, Q, model_cfg)
+    recs = [{"prompt": prompt, "chosen": "SELECT name FROM singer WHERE country = 'France'",
+             "rejected": "SELECT name FROM singer"}]
+    enc = encode_pairs(tokenizer, recs, model_cfg)
+    p = encode_prompt(tokenizer, prompt)
+    assert enc.prompts[0] == p
+    assert enc.chosen[0][-1] == tokenizer.eos_token_id and enc.rejected[0][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(enc.chosen[0], skip_special_tokens=True) == recs[0]["chosen"]
+    b = collate([{"i": 0, "prompt": enc.prompts[0], "chosen": enc.chosen[0], "rejected": enc.rejected[0]}],
+                tokenizer.pad_token_id)
+    full = torch.cat([b["input_ids"][0, :1], b["labels"][0]])  # reconstruct the chosen sequence
+    n = len(p) + len(enc.chosen[0])
+    assert full[: len(p)].tolist() == p
+    assert full[len(p) : n].tolist() == enc.chosen[0]
+    # labels[t] is token t+1: the mask is 1 exactly on the completion tokens (EOS included)
+    assert b["loss_mask"][0].sum().item() == len(enc.chosen[0])
+    assert b["loss_mask"][0, : len(p) - 1].sum().item() == 0
+    assert b["loss_mask"][1].sum().item() == len(enc.rejected[0])
+
+
+def test_over_length_pairs_dropped_and_counted_never_truncated(tokenizer, model_cfg):
+    prompt = format_prompt(tokenizer, Q, model_cfg)
+    long_sql = "SELECT name FROM singer WHERE " + " OR ".join(f"age = {i}" for i in range(40))
+    recs = [{"prompt": prompt, "chosen": "SELECT 1", "rejected": "SELECT 2"},
+            {"prompt": prompt, "chosen": long_sql, "rejected": "SELECT 2"},
+            {"prompt": prompt + Q * 20, "chosen": "SELECT 1", "rejected": "SELECT 2"}]
+    enc = encode_pairs(tokenizer, recs, model_cfg)
+    assert enc.index == [0]
+    assert enc.dropped_completion_too_long == 1 and enc.dropped_prompt_too_long == 1
+
+
+def test_encode_completion_appends_eos_once(tokenizer):
+    ids = encode_completion(tokenizer, "SELECT 1")
+    assert ids[-1] == tokenizer.eos_token_id and ids.count(tokenizer.eos_token_id) == 1
