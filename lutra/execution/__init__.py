@@ -10,7 +10,6 @@ docstrings of `lutra.execution.sql` and `lutra.execution.python`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 STATUSES = ("ok", "error", "timeout", "oom", "killed", "too_large", "output_flood", "tamper")
 
@@ -19,7 +18,7 @@ STATUSES = ("ok", "error", "timeout", "oom", "killed", "too_large", "output_floo
 class Verdict:
     status: str
     """ok | error | timeout | oom | killed | too_large | output_flood | tamper (how the program ran)."""
-    correct: Optional[bool]
+    correct: bool | None
     """True/False: matches the gold result (or passes the tests); None: unknown, the gold itself failed."""
     seconds: float = 0.0
     error: str = ""

@@ -30,7 +30,6 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from typing import Optional
 
 RULES = ("spider_ts", "bird_set", "strict")
 
@@ -102,7 +101,7 @@ def _quick_rej(gold: list, pred: list, ordered: bool) -> bool:
 
 
 def spider_ts_equal(gold: list, pred: list, ordered: bool, *, max_nodes: int = 200_000,
-                    deadline: Optional[float] = None) -> bool:
+                    deadline: float | None = None) -> bool:
     """Official `result_eq(gold, pred, order_matters)`, with an exact, bounded permutation search."""
     if not gold and not pred:
         return True
@@ -151,7 +150,7 @@ def spider_ts_equal(gold: list, pred: list, ordered: bool, *, max_nodes: int = 2
     return search(0, [])
 
 
-def results_equal(pred: list, gold: list, rule: str, gold_sql: str = "", *, deadline: Optional[float] = None,
+def results_equal(pred: list, gold: list, rule: str, gold_sql: str = "", *, deadline: float | None = None,
                   max_nodes: int = 200_000) -> bool:
     """Is `pred` correct against `gold` (lists of row tuples) under `rule`?
 

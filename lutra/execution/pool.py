@@ -22,13 +22,14 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 _PKG_PARENT = str(Path(__file__).resolve().parents[2])
 START_TIMEOUT_S = 60.0
-_LIVE: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
 
 def default_workers() -> int:
@@ -75,12 +76,12 @@ class WorkerPool:
     argv: command prefix for one worker (default `[python, -m, lutra.execution._worker, kind]`).
     """
 
-    def __init__(self, kind: str, n: int, *, argv: Optional[list[str]] = None, env: Optional[dict] = None,
-                 on_spawn: Optional[Callable[[], None]] = None):
+    def __init__(self, kind: str, n: int, *, argv: list[str] | None = None, env: dict | None = None,
+                 on_spawn: Callable[[], None] | None = None):
         self.kind, self.n = kind, n
         self.argv = argv or [sys.executable, "-m", "lutra.execution._worker", kind]
         self.env = env if env is not None else _worker_env()
-        self._slots: list[Optional[_Worker]] = [None] * n
+        self._slots: list[_Worker | None] = [None] * n
         self._lock = threading.Lock()
         self.spawned = 0
         _LIVE.add(self)
@@ -113,7 +114,7 @@ class WorkerPool:
         self._slots[slot] = None
         return {"status": status, "seconds": time.monotonic() - t0, "error": err}
 
-    def map(self, tasks: list[tuple[Any, float]], workers: Optional[int] = None) -> Iterator[tuple[int, dict]]:
+    def map(self, tasks: list[tuple[Any, float]], workers: int | None = None) -> Iterator[tuple[int, dict]]:
         """Run [(payload, hard_deadline_s), ...]; yields (index, result) as tasks finish."""
         n = max(1, min(workers or self.n, self.n, len(tasks)))
         todo: queue.Queue = queue.Queue()
@@ -145,7 +146,7 @@ class WorkerPool:
         return [w.proc.pid for w in self._slots if w is not None and w.proc.poll() is None]
 
     def close(self) -> None:
-        for s, w in enumerate(self._slots):
+        for w in self._slots:
             if w is not None:
                 w.close()  # EOF on the task pipe: the worker exits by itself
         deadline = time.monotonic() + 1.0

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import quote
 
 from lutra.execution import Verdict
@@ -140,7 +140,7 @@ def serve(task: dict) -> dict:
 class SQLResult:
     status: str
     """ok | error | timeout | oom | killed | too_large."""
-    rows: Optional[list] = None
+    rows: list | None = None
     """Result rows (capped), when status is ok."""
     seconds: float = 0.0
     error: str = ""
@@ -156,7 +156,7 @@ last_stats: dict = {}
 """Counts of the last judge() call: items, executed, cached, gold_failed, retried, retry_recovered."""
 
 
-def pool(workers: Optional[int] = None):
+def pool(workers: int | None = None):
     """The module's worker pool (created on first use, resized when `workers` changes, closed at exit)."""
     global _POOL
     from lutra.execution.pool import WorkerPool, default_workers
@@ -170,7 +170,7 @@ def pool(workers: Optional[int] = None):
         return _POOL
 
 
-def fingerprint(db_path: Optional[str]) -> str:
+def fingerprint(db_path: str | None) -> str:
     """sha256 of the database file, memoized per (path, inode, size, mtime)."""
     if not db_path:
         return "none"
@@ -197,7 +197,7 @@ def run(db_path: str, sql: str, timeout_s: float = 5.0, max_rows: int = MAX_ROWS
     return SQLResult(r["status"], r.get("rows"), r["seconds"], r.get("error", ""))
 
 
-def _run_tasks(tasks: list[dict], workers: Optional[int], bar=None, weights=None) -> list[dict]:
+def _run_tasks(tasks: list[dict], workers: int | None, bar=None, weights=None) -> list[dict]:
     out: list[dict] = [{}] * len(tasks)
     p = pool(workers)
     for i, r in p.map([(t, t["timeout_s"] + GRACE_S) for t in tasks], workers=workers):
@@ -216,19 +216,19 @@ def judge(items, cfg, *, progress=True, desc="execute", for_training=False) -> l
     fps = [fingerprint(p.db_path) for p, _ in items]
 
     # 1. gold results, once per (database fingerprint, rule, gold text), cached across calls
-    gkeys = [(fp, rule, p.gold) for fp, (p, _) in zip(fps, items)]
-    need = {k: p for k, (p, _) in zip(gkeys, items) if k not in _GOLD}
+    gkeys = [(fp, rule, p.gold) for fp, (p, _) in zip(fps, items, strict=True)]
+    need = {k: p for k, (p, _) in zip(gkeys, items, strict=True) if k not in _GOLD}
     if need:
         keys = list(need)
         tasks = [{"op": "run", "db": need[k].db_path, "sql": k[2], "timeout_s": gold_timeout, "rule": rule,
                   "is_gold": True, "max_rows": GOLD_MAX_ROWS} for k in keys]
-        for k, r in zip(keys, _run_tasks(tasks, workers)):
+        for k, r in zip(keys, _run_tasks(tasks, workers), strict=True):
             if r["status"] == "timeout":  # one serial retry before a gold is flagged
                 r = _run_tasks([tasks[keys.index(k)]], 1)[0]
             _GOLD[k] = r
 
     # 2. predictions, once per (fingerprint, rule, timeout, gold, program)
-    vkeys = [(fp, rule, timeout, p.gold, prog) for fp, (p, prog) in zip(fps, items)]
+    vkeys = [(fp, rule, timeout, p.gold, prog) for fp, (p, prog) in zip(fps, items, strict=True)]
     counts: dict = {}
     first: dict = {}
     for i, k in enumerate(vkeys):
@@ -250,12 +250,12 @@ def judge(items, cfg, *, progress=True, desc="execute", for_training=False) -> l
     if for_training:  # a timeout under load must not become a rejected label: re-run once, alone
         again = [i for i, r in enumerate(results) if r["status"] in ("timeout", "killed")]
         retried = len(again)
-        for i, r in zip(again, _run_tasks([tasks[i] for i in again], 1)):
+        for i, r in zip(again, _run_tasks([tasks[i] for i in again], 1), strict=True):
             recovered += r["status"] not in ("timeout", "killed")
             results[i] = r
     bar.close()
     fresh: dict = {}
-    for k, t, r in zip(todo, tasks, results):
+    for k, r in zip(todo, results, strict=True):
         gold = _GOLD[gkeys[first[k]]]
         if gold["status"] != "ok":
             v = Verdict(r["status"], None, r["seconds"], f"gold {gold['status']}: {gold.get('error', '')}"[-500:])
