@@ -1,0 +1,64 @@
+"""One real Lightning step on a peft LoRA policy: first DPO term is log 2, only LoRA parameters move."""
+
+import copy
+import math
+
+import lightning as L
+import pytest
+import torch
+from peft import get_peft_model
+
+from lutra.config import MethodConfig
+from lutra.data import PreferenceDataModule, encode_pairs, format_prompt, ordered_batches
+from lutra.models import lora_config
+from lutra.module import PolicyModule, reference_logps
+
+
+class Capture(L.Callback):
+    def __init__(self):
+        self.first = None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.first is None:
+            self.first = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def _pairs(tokenizer, model_cfg):
+    prompt = format_prompt(tokenizer, "Which singers are from France?", model_cfg)
+    return [{"prompt": prompt, "chosen": "SELECT name FROM singer WHERE country = 'France'",
+             "rejected": "SELECT name FROM singer"},
+            {"prompt": format_prompt(tokenizer, "How many singers are older than 30?", model_cfg),
+             "chosen": "SELECT COUNT(*) FROM singer WHERE age > 30", "rejected": "SELECT COUNT(*) FROM singer"}]
+
+
+@pytest.mark.parametrize("reference", ["previous", "base"])
+def test_first_step_dpo_is_log2_and_only_lora_moves(tokenizer, small_model, model_cfg, reference):
+    torch.manual_seed(0)
+    model_cfg.lora_dropout = 0.3  # dropout must be off during preference training regardless
+    policy = get_peft_model(copy.deepcopy(small_model), lora_config(model_cfg))
+    # non-zero LoRA B so the adapter changes the output: `base` and `previous` then differ
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    method = MethodConfig(name="codelutra", beta=0.1, nll_weight=1.0, batch_size=2, reference=reference)
+    enc = encode_pairs(tokenizer, _pairs(tokenizer, model_cfg), model_cfg)
+    ref = reference_logps(policy, ordered_batches(enc, 2, tokenizer.pad_token_id), use_base=reference == "base",
+                          progress=False)
+    assert ref.shape == (2, 2)
+    dm = PreferenceDataModule(enc, ref, batch_size=2, pad_id=tokenizer.pad_token_id, seed=0)
+    cap = Capture()
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[cap])
+    trainer.fit(PolicyModule(policy, method, lr=1e-2, total_steps=1), datamodule=dm)
+    if reference == "previous":
+        assert cap.first["train/loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)
+        assert cap.first["train/rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+    else:
+        assert cap.first["train/loss/dpo"] != pytest.approx(math.log(2), abs=1e-4)
+    moved = {n for n, p in policy.named_parameters() if not torch.equal(p.detach(), before[n])}
+    lora = {n for n, p in policy.named_parameters() if "lora_" in n}
+    assert moved, "nothing was trained"
+    assert moved <= lora, f"non-LoRA parameters changed: {sorted(moved - lora)[:3]}"
+    assert moved == lora, f"LoRA parameters that did not move: {sorted(lora - moved)[:3]}"
