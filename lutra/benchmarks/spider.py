@@ -17,7 +17,6 @@ Without split_by_db there is no `warmup` split (the official train split is the 
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from lutra.benchmarks import BenchmarkError, Problem
@@ -29,7 +28,6 @@ FILES = {  # split -> (questions file, database folder, tables file)
     "dev": ("dev.json", "database", "tables.json"),
     "test": ("test.json", "test_database", "tables.json"),
 }
-CARVED = ("train", "eval", "warmup")
 
 
 def _official(root: Path, split: str, rows: int) -> list[Problem]:
@@ -84,31 +82,10 @@ def _train_gold(root: Path, rows: int) -> list[Problem]:
 def load(cfg, split: str) -> list[Problem]:
     root = S.data_root(cfg)
     spec = dict(cfg.options.get("split_by_db") or {})
-    if not spec or split not in CARVED:
+    if not spec or split not in S.CARVED:
         return _official(root, split, cfg.prompt_rows)
-    source = spec.get("source", "dev")
-    everything = _official(root, source, cfg.prompt_rows)
-    problems = S.carve_by_db(everything, spec, split, cfg.subsample_seed)
-    if split == "warmup":
-        if spec.get("warmup_official_train", True):
-            # golds disjoint from train and eval: no shared database and no identical gold text
-            used = S.carve_by_db(everything, spec, "train", cfg.subsample_seed)
-            used += S.carve_by_db(everything, spec, "eval", cfg.subsample_seed)
-            dbs, golds = {p.meta["db_id"] for p in used}, {_norm(p.gold) for p in used}
-            problems += [p for p in _official_train(root, cfg.prompt_rows)
-                         if p.meta["db_id"] not in dbs and _norm(p.gold) not in golds]
-        if not problems:
-            raise BenchmarkError(f"spider: the warmup split is empty: no split_by_db.warmup_dbs / warmup_fraction "
-                                 f"and no train_spider.json or train_gold.sql under {root}")
-        if cfg.n_warmup and cfg.n_warmup < len(problems):
-            problems = random.Random(f"{cfg.subsample_seed}/warmup").sample(problems, cfg.n_warmup)
-    if not problems:
-        raise BenchmarkError(f"spider: split {split!r} carved from {source!r} by database is empty ({spec})")
-    return problems
-
-
-def _norm(sql: str) -> str:
-    return " ".join(sql.lower().split())
+    return S.load_carved(cfg, split, spec, lambda s: _official(root, s, cfg.prompt_rows),
+                         lambda: _official_train(root, cfg.prompt_rows))
 
 
 def _official_train(root: Path, rows: int) -> list[Problem]:

@@ -16,12 +16,14 @@ import os
 import random
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from lutra.benchmarks import BenchmarkError, Problem
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+CARVED = ("train", "eval", "warmup")  # split names options.split_by_db defines
 
 
 def data_root(cfg) -> Path:
@@ -82,7 +84,7 @@ def read_tables(path: Path) -> dict[str, dict]:
     return out
 
 
-def database_problem(db_path: Optional[str]) -> Optional[str]:
+def database_problem(db_path: str | None) -> str | None:
     """Why the SQLite file cannot be used (missing, empty, not SQLite, unreadable, no tables), or None."""
     if not db_path:
         return "no database"
@@ -179,9 +181,9 @@ class SchemaSource:
 
     def __init__(self, db_dir: Path, tables: dict[str, dict], rows: int, where: str):
         self.db_dir, self.tables, self.rows, self.where = db_dir, tables, rows, where
-        self._cache: dict[str, tuple[str, str, Optional[str]]] = {}
+        self._cache: dict[str, tuple[str, str, str | None]] = {}
 
-    def get(self, db_id: str, record: str) -> tuple[str, str, Optional[str]]:
+    def get(self, db_id: str, record: str) -> tuple[str, str, str | None]:
         """(db_path, schema text, problem with the database or None); unknown db_id -> BenchmarkError."""
         if db_id not in self._cache:
             path = str(self.db_dir / db_id / f"{db_id}.sqlite")
@@ -253,6 +255,33 @@ def carve_by_db(problems: list[Problem], spec: dict, split: str, seed: int) -> l
     train_dbs = set(pool) - eval_dbs - warm_dbs
     keep = {"train": train_dbs, "eval": eval_dbs, "warmup": warm_dbs}[split]
     return [p for p in problems if p.meta["db_id"] in keep]
+
+
+def load_carved(cfg, split: str, spec: dict, official: Callable[[str], list[Problem]],
+                official_train: Callable[[], list[Problem]]) -> list[Problem]:
+    """A split carved by options.split_by_db; `warmup` adds the official train examples (unless
+    warmup_official_train is false) whose database and gold text appear in neither train nor eval."""
+    source = spec.get("source", "dev")
+    everything = official(source)
+    problems = carve_by_db(everything, spec, split, cfg.subsample_seed)
+    if split == "warmup":
+        if spec.get("warmup_official_train", True):
+            used = carve_by_db(everything, spec, "train", cfg.subsample_seed)
+            used += carve_by_db(everything, spec, "eval", cfg.subsample_seed)
+            dbs, golds = {p.meta["db_id"] for p in used}, {_norm(p.gold) for p in used}
+            problems += [p for p in official_train() if p.meta["db_id"] not in dbs and _norm(p.gold) not in golds]
+        if not problems:
+            raise BenchmarkError(f"{cfg.name}: the warmup split is empty: no split_by_db.warmup_dbs / "
+                                 f"warmup_fraction and no official train file under {data_root(cfg)}")
+        if cfg.n_warmup and cfg.n_warmup < len(problems):
+            problems = random.Random(f"{cfg.subsample_seed}/warmup").sample(problems, cfg.n_warmup)
+    if not problems:
+        raise BenchmarkError(f"{cfg.name}: split {split!r} carved from {source!r} by database is empty ({spec})")
+    return problems
+
+
+def _norm(sql: str) -> str:
+    return " ".join(sql.lower().split())
 
 
 def user_message(problem: Problem) -> str:

@@ -1,0 +1,150 @@
+"""DS-1000 (Lai et al. 2022), the current simplified release: one record per problem with `prompt`,
+`reference_code`, `code_context` and `metadata` (problem_id, library_problem_id, library, test_case_cnt,
+perturbation_type, perturbation_origin_id).
+
+Where the records come from (`options.source`):
+  auto  benchmark.data_dir (default $LUTRA_DATA/ds1000) is a .jsonl/.jsonl.gz file, or a folder holding
+        `data/ds1000.jsonl.gz` (the official repository's layout) or `ds1000.jsonl(.gz)`;
+  hub   `datasets.load_dataset(options.hf_dataset, split=options.hf_split, revision=options.hf_revision)`, the
+        copy the DS-1000 authors publish on the Hugging Face hub.
+
+Splits: `all` (1000 problems), `train` and `eval`: options.train_size (500) problems and the rest, split by
+perturbation group so a problem and its perturbed variants are on one side (PAPER.md §8). A group is
+(library, perturbation_origin_id): the origin id counts within a library (it is a library_problem_id).
+Each library gets its share of train (stratified), filled with its groups in an order seeded by
+options.split_seed while they fit.
+Problem id = str(metadata.problem_id); meta: library, perturbation_type, perturbation_origin_id.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+from lutra.benchmarks import BenchmarkError, Problem
+from lutra.benchmarks.sql_schema import data_root, field
+
+SPLITS = ("all", "train", "eval")
+META_INT = ("problem_id", "library_problem_id", "perturbation_origin_id")
+
+
+def find_file(root: Path) -> Path:
+    if root.is_file():
+        return root
+    tried = [root / "data" / "ds1000.jsonl.gz", root / "ds1000.jsonl.gz", root / "ds1000.jsonl"]
+    for path in tried:
+        if path.is_file():
+            return path
+    raise BenchmarkError(f"ds1000: no problems file; looked for {[str(p) for p in tried]} (run "
+                         "`python -m lutra.prepare benchmark=ds1000`, set benchmark.data_dir, or "
+                         "benchmark.options.source=hub)")
+
+
+def read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) per non-empty line; errors name the file and line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise BenchmarkError(f"{path}: cannot read ({e})") from None
+    out = []
+    lines = raw.decode("utf-8", errors="strict").splitlines()
+    for n, line in enumerate(lines, start=1):
+        line = line.lstrip("\ufeff") if n == 1 else line
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            hint = " (truncated last line?)" if n == len(lines) else ""
+            raise BenchmarkError(f"{where}: invalid JSON: {e.msg}{hint}") from None
+        if not isinstance(rec, dict):
+            raise BenchmarkError(f"{where}: expected an object, got {type(rec).__name__}")
+        out.append((where, rec))
+    return out
+
+
+def _records(cfg) -> list[tuple[str, dict]]:
+    source = cfg.options.get("source", "auto")
+    if source == "hub":
+        from datasets import load_dataset
+
+        name = cfg.options.get("hf_dataset", "xlangai/DS-1000")
+        ds = load_dataset(name, split=cfg.options.get("hf_split", "test"), revision=cfg.options.get("hf_revision"))
+        return [(f"{name} row {i}", dict(r)) for i, r in enumerate(ds)]
+    if source != "auto":
+        raise BenchmarkError(f"benchmark.options.source: must be auto or hub, got {source!r}")
+    return read_jsonl(find_file(data_root(cfg)))
+
+
+def _problem(where: str, rec: dict) -> Problem:
+    prompt = field(rec, "prompt", str, where)
+    gold = field(rec, "reference_code", str, where)
+    context = field(rec, "code_context", str, where)
+    meta = field(rec, "metadata", dict, where)
+    for key in META_INT:
+        field(meta, key, int, f"{where}: metadata")
+    for key in ("library", "perturbation_type"):
+        field(meta, key, str, f"{where}: metadata")
+    return Problem(id=str(meta["problem_id"]), question=prompt, context="", gold=gold, language="python",
+                   test_context=context, meta={
+                       "library": meta["library"], "perturbation_type": meta["perturbation_type"],
+                       "perturbation_origin_id": meta["perturbation_origin_id"],
+                       "library_problem_id": meta["library_problem_id"]})
+
+
+def split_groups(problems: list[Problem], train_size: int, seed: int) -> tuple[set, set]:
+    """(train ids, eval ids): whole perturbation groups; each library gets its share of train_size (largest
+    remainder), filled with its groups in a seeded order while they fit, then any shortfall from the rest."""
+    groups: dict[tuple, list[str]] = {}
+    for p in problems:
+        groups.setdefault((p.meta["library"], p.meta["perturbation_origin_id"]), []).append(p.id)
+    keys = sorted(groups)
+    random.Random(f"{seed}/ds1000-split").shuffle(keys)
+    sizes: dict[str, int] = {}
+    for p in problems:
+        sizes[p.meta["library"]] = sizes.get(p.meta["library"], 0) + 1
+    exact = {lib: n * train_size / len(problems) for lib, n in sizes.items()}
+    quota = {lib: int(x) for lib, x in exact.items()}
+    for lib in sorted(exact, key=lambda k: (int(exact[k]) - exact[k], k))[: train_size - sum(quota.values())]:
+        quota[lib] += 1
+    train: set = set()
+    taken = {lib: 0 for lib in sizes}
+    for k in keys:
+        if taken[k[0]] + len(groups[k]) <= quota[k[0]]:
+            train.update(groups[k])
+            taken[k[0]] += len(groups[k])
+    for k in keys:
+        if not train.issuperset(groups[k]) and len(train) + len(groups[k]) <= train_size:
+            train.update(groups[k])
+    return train, {p.id for p in problems} - train
+
+
+def load(cfg, split: str) -> list[Problem]:
+    if split not in SPLITS:
+        raise BenchmarkError(f"ds1000: unknown split {split!r}; choose one of {list(SPLITS)}")
+    problems, seen = [], {}
+    for where, rec in _records(cfg):
+        p = _problem(where, rec)
+        if p.id in seen:
+            raise BenchmarkError(f"{where}: duplicate metadata.problem_id {p.id} (first at {seen[p.id]})")
+        seen[p.id] = where
+        problems.append(p)
+    if split == "all":
+        return problems
+    train_size = int(cfg.options.get("train_size", 500))
+    if not 0 < train_size < len(problems):
+        raise BenchmarkError(f"benchmark.options.train_size: must be in (0, {len(problems)}), got {train_size}")
+    train, _ = split_groups(problems, train_size, int(cfg.options.get("split_seed", 0)))
+    return [p for p in problems if (p.id in train) == (split == "train")]
+
+
+def user_message(problem: Problem) -> str:
+    # The prompt ends where the solution goes (`BEGIN SOLUTION\n<code>`); the official harness inserts the
+    # completion as is, so the model is asked for that code alone.
+    return ("Complete the Python code below. Reply with only the code that goes after BEGIN SOLUTION "
+            "(no explanation, no test code).\n\n" + problem.question)
