@@ -4,8 +4,9 @@
     <dir>/train.json + train_tables.json + train_databases/<db_id>/<db_id>.sqlite   (train.zip, `train/`)
     <dir>/mini_dev_sqlite.json + dev_databases/...                                  (minidev.zip, `MINIDEV/`)
 
-`<dir>` is the data root itself or, as the official archives unpack, a folder in it (SEARCH below); a release's
-`<x>_databases.zip` is unpacked by `lutra.prepare`. Records: question_id, db_id, question, evidence, SQL,
+`<dir>` is the data root itself or, as the official archives unpack, a folder in it (FILES below); mini_dev
+without its own dev_databases/ uses the dev release's. `lutra.prepare` unpacks a release's inner
+`<x>_databases.zip`. Records: question_id, db_id, question, evidence, SQL,
 difficulty. Problem id = str(question_id); a release without question ids (train.json, the May-2023 dev) uses
 `<split>/<index in the file>`. The prompt includes the evidence. meta: db_id, difficulty, evidence, copies
 (a record repeated whole in the file, as mini_dev repeats question_id 137 and 138, is one problem with
@@ -47,8 +48,11 @@ def split_file(root: Path, split: str) -> Path:
 def _official(root: Path, split: str, rows: int) -> list[Problem]:
     path = split_file(root, split)
     _, _, tables_name, db_folder = FILES[split]
-    tables_path = path.parent / tables_name
-    schemas = S.SchemaSource(path.parent / db_folder, S.read_tables(tables_path), rows, str(tables_path))
+    # mini_dev uses dev's databases: beside its own file, else where the dev release keeps them
+    near = [path.parent] + ([root / sub for sub in FILES["dev"][1]] if split == "mini_dev" else [])
+    db_dir = next((d / db_folder for d in near if (d / db_folder).is_dir()), path.parent / db_folder)
+    tables_path = next((d / tables_name for d in near if (d / tables_name).is_file()), path.parent / tables_name)
+    schemas = S.SchemaSource(db_dir, S.read_tables(tables_path), rows, str(tables_path))
     records = S.read_records(path)
     with_ids = sum("question_id" in r for r in records)
     if 0 < with_ids < len(records):

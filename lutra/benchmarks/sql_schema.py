@@ -233,7 +233,7 @@ def carve_by_db(problems: list[Problem], spec: dict, split: str, seed: int) -> l
         bad = sorted(set(spec.get(key) or []) - set(dbs))
         if bad:
             raise BenchmarkError(f"benchmark.options.split_by_db.{key}: {bad} are not databases of "
-                                 f"{spec.get('source')!r} (it has {dbs})")
+                                 f"{spec.get('source', 'dev')!r} (it has {dbs})")
     pool = [d for d in dbs if d not in set(spec.get("exclude_dbs") or [])]
     rng = random.Random(f"{seed}/split_by_db")
     drawn = pool[:]
