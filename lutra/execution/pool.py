@@ -50,7 +50,8 @@ class _Worker:
         os.close(w_res)
         self.send = Connection(w_task, readable=False)
         self.recv = Connection(r_res, writable=False)
-        if not self.recv.poll(START_TIMEOUT_S) or self.recv.recv() != "ready":
+        self.hello = self.recv.recv() if self.recv.poll(START_TIMEOUT_S) else None
+        if not (self.hello == "ready" or (isinstance(self.hello, dict) and self.hello.get("ready"))):
             self.kill()
             raise OSError(f"worker {argv[:4]} did not start within {START_TIMEOUT_S} s")
 
@@ -73,13 +74,15 @@ class _Worker:
 class WorkerPool:
     """`n` workers each running `python -m <module> <task_fd> <result_fd>` (see `lutra.execution._worker`).
 
-    argv: command prefix for one worker (default `[python, -m, lutra.execution._worker, kind]`).
+    argv: command prefix for one worker (default `[python, -m, lutra.execution._worker, kind]`), or a function
+    of the worker's slot number returning it.
     """
 
-    def __init__(self, kind: str, n: int, *, argv: list[str] | None = None, env: dict | None = None,
-                 on_spawn: Callable[[], None] | None = None):
+    def __init__(self, kind: str, n: int, *, argv: list[str] | Callable[[int], list[str]] | None = None,
+                 env: dict | None = None):
         self.kind, self.n = kind, n
-        self.argv = argv or [sys.executable, "-m", "lutra.execution._worker", kind]
+        default = [sys.executable, "-m", "lutra.execution._worker", kind]
+        self.argv_for = argv if callable(argv) else (lambda slot: argv or default)
         self.env = env if env is not None else _worker_env()
         self._slots: list[_Worker | None] = [None] * n
         self._lock = threading.Lock()
@@ -91,7 +94,7 @@ class WorkerPool:
         if w is None or w.proc.poll() is not None:
             if w is not None:
                 w.kill()
-            w = self._slots[slot] = _Worker(self.argv, self.env)
+            w = self._slots[slot] = _Worker(self.argv_for(slot), self.env)
             self.spawned += 1
         return w
 
@@ -141,6 +144,9 @@ class WorkerPool:
                 yield done.get()
             for t in threads:
                 t.join()
+
+    def hellos(self) -> list:
+        return [w.hello for w in self._slots if w is not None]
 
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self._slots if w is not None and w.proc.poll() is None]

@@ -1,0 +1,437 @@
+"""The Python sandbox's zygote (fork server): one per worker slot, started by `lutra.execution.python`.
+
+It imports the data-science stack once (thread variables pinned to 1, Agg backend), then for every task:
+1. it has already forked a *spare*: a clean child made before the task was read, so the task (and a DS-1000
+   record's reference code) was never in its memory. The spare confines itself (sandbox.confine) on its first
+   message and then runs untrusted code, talking only over its socket and answering only in bytes (JSON or
+   lutra's safe codec; the zygote and the trusted checker never unpickle what it sends);
+2. for a DS-1000 record it forks a *trusted* child (the checker) that runs `code_context`, builds each test
+   case, sends the inputs to the spare, decodes the spare's result and calls `exec_test` itself;
+3. at the deadline it kills the checker and the spare; afterwards it kills every process left in its PID
+   namespace (`kill(-1)`, only when it is PID 1) or, without a namespace, the spare's process group and any
+   orphan reparented to it (it is a child subreaper), removes the task dir and forks the next spare.
+Results go to the parent as plain dicts built here (trusted code).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from multiprocessing.connection import Connection
+
+from lutra.execution import sandbox
+
+TAIL = 4096
+
+
+def _preload(mods: list[str]) -> list[str]:
+    os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
+    done = []
+    for m in mods:
+        try:
+            __import__(m)
+            done.append(m)
+        except Exception:  # noqa: BLE001 - a missing library only costs its import time later
+            pass
+    return done
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - TAIL))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Spare:
+    """A clean forked child waiting for its first message on a socket."""
+
+    def __init__(self, root: str, uid):
+        self.dir = tempfile.mkdtemp(prefix="task-", dir=root)
+        os.chmod(self.dir, 0o711)
+        self.work = os.path.join(self.dir, "work")
+        os.mkdir(self.work, 0o700)
+        if uid is not None:
+            os.chown(self.work, uid, uid)
+        self.out, self.err = os.path.join(self.dir, "stdout"), os.path.join(self.dir, "stderr")
+        fds = [os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) for p in (self.out, self.err)]
+        mine, theirs = socket.socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:  # ------------------------------------------------------------- the spare
+            try:
+                os.setsid()
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.dup2(fds[0], 1)
+                os.dup2(fds[1], 2)
+                keep = theirs.detach()
+                os.dup2(keep, 3)
+                os.closerange(4, 65536)
+                _spare_main(3, self.work, uid)
+            finally:
+                os._exit(70)
+        for fd in fds:
+            os.close(fd)
+        theirs.close()
+        self.sock = mine
+        self.conn = Connection(mine.detach())
+
+    def wait(self, timeout: float):
+        """(exited, status) after up to `timeout` seconds."""
+        end = time.monotonic() + timeout
+        while True:
+            pid, st = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return True, st
+            if time.monotonic() >= end:
+                return False, None
+            time.sleep(0.005)
+
+
+def _spare_main(fd: int, work: str, uid) -> None:
+    conn = Connection(fd)
+    first = conn.recv()  # trusted side -> here: pickle is fine in this direction
+    sandbox.confine(work, uid, first["cpu_s"], first["memory_mb"])
+    sys.argv = ["program"]
+    import builtins
+
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        kind = msg["kind"]
+        try:
+            if kind == "program":
+                g = {"__name__": "__main__", "__builtins__": builtins}
+                exec(compile(msg["code"], "<program>", "exec"), g)
+                _flush()
+                conn.send_bytes(b'{"done": true}')
+                os._exit(0)
+            elif kind == "case":
+                from lutra.execution import _codec
+
+                env = {"test_input": msg["input"]}
+                exec(msg["code"], env)
+                conn.send_bytes(b"R" + _codec.encode(env["result"]))
+            elif kind == "inproc":
+                conn.send_bytes(b"R" + json.dumps(_inproc(msg)).encode())
+        except SystemExit as e:
+            if kind == "program" and e.code in (None, 0):
+                _flush()
+                conn.send_bytes(b'{"done": true}')
+                os._exit(0)
+            conn.send_bytes(b"E" + f"SystemExit({e.code!r})".encode())
+            os._exit(1)
+        except MemoryError:
+            conn.send_bytes(b"M")
+            os._exit(1)
+        except BaseException:  # noqa: BLE001 - reported to the trusted side as text
+            tb = traceback.format_exc()
+            try:
+                sys.stderr.write(tb)
+            except BaseException:  # noqa: BLE001 - stderr may be full (FSIZE) or replaced
+                pass
+            conn.send_bytes(b"E" + tb[-TAIL:].encode(errors="replace"))
+            if kind == "program":
+                os._exit(1)
+
+
+def _flush() -> None:
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except Exception:  # noqa: BLE001 - the program may have replaced or closed them
+            pass
+
+
+def _inproc(msg: dict) -> dict:
+    """Same-process DS-1000 check (Matplotlib and other live-object tests) with tamper detection."""
+    import hashlib
+
+    watched = {}
+    for mod, names in (("numpy.testing", ["assert_array_equal", "assert_allclose", "assert_equal",
+                                          "assert_array_almost_equal", "assert_almost_equal"]),
+                       ("numpy", ["allclose", "array_equal", "isclose", "testing"]),
+                       ("pandas.testing", ["assert_frame_equal", "assert_series_equal", "assert_index_equal"]),
+                       ("matplotlib.pyplot", ["savefig", "gca", "gcf"]), ("PIL.Image", ["open"]),
+                       ("builtins", ["exec", "print", "isinstance", "open", "all", "any", "len"]),
+                       ("os", ["_exit"]), ("sys", ["exit"])):
+        try:
+            m = __import__(mod, fromlist=["_"])
+        except Exception:  # noqa: BLE001
+            continue
+        for n in names:
+            if hasattr(m, n):
+                watched[f"{mod}.{n}"] = (m, n, id(getattr(m, n)))
+    ns: dict = {"__name__": "__ds1000__"}
+    exec(msg["code_context"], ns)
+    png: dict = {}
+    gen, check = ns.get("generate_test_case"), ns.get("exec_test")
+
+    def gen_wrapped(i):
+        r = gen(i)
+        if os.path.exists("ans.png"):
+            png["sha"] = hashlib.sha256(open("ans.png", "rb").read()).hexdigest()
+        return r
+
+    def check_wrapped(result, ans):
+        if "sha" in png and (not os.path.exists("ans.png") or
+                             hashlib.sha256(open("ans.png", "rb").read()).hexdigest() != png["sha"]):
+            raise AssertionError("TAMPER: ans.png changed")
+        return check(result, ans)
+
+    if gen is not None and check is not None:
+        ns["generate_test_case"], ns["exec_test"] = gen_wrapped, check_wrapped
+    ns["test_execution"](msg["solution"])
+    if "test_string" in ns:
+        ns["test_string"](msg["solution"])
+    changed = [k for k, (m, n, i) in watched.items() if id(getattr(m, n, None)) != i]
+    return {"nonce": msg["nonce"], "passed": not changed, "tamper": changed}
+
+
+def _ds1000_trusted(conn: Connection, task: dict, wfd: int) -> None:
+    """The checker: generate cases, ship inputs to the spare, compare decoded results with exec_test here."""
+    import re
+
+    from lutra.execution import _codec
+
+    deadline = time.monotonic() + task["timeout_s"]
+    out = {"status": "ok", "passed": False, "error": "", "path": "isolated"}
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.chdir(tempfile.mkdtemp(prefix="trusted-", dir=task["dir"]))
+        ctx, solution = task["code_context"], task["solution"]
+        m = re.search(r"def test_execution\(solution: str\):\n"
+                      r"    code = exec_context\.replace\(\"\[insert\]\", solution\)\n"
+                      r"    for i in range\((\d+)\):\n", ctx)
+        ns: dict = {"__name__": "__ds1000__"}
+        exec(ctx, ns)
+        cases = []
+        if m:
+            cases = [ns["generate_test_case"](i + 1) for i in range(int(m.group(1)))]
+            for _, exp in cases:
+                try:
+                    if not ns["exec_test"](_codec.decode(_codec.encode(exp)), exp):
+                        raise ValueError
+                except Exception:  # noqa: BLE001 - expected answer not representable: live-object path
+                    m = None
+                    break
+        conn.send({"cpu_s": task["timeout_s"], "memory_mb": task["memory_mb"]})
+        if m is None:
+            out["path"] = "inproc"
+            nonce = os.urandom(16).hex()
+            conn.send({"kind": "inproc", "code_context": ctx, "solution": solution, "nonce": nonce})
+            data = _answer(conn, deadline)
+            rep = json.loads(data)
+            out["passed"] = rep.get("nonce") == nonce and rep.get("passed") is True
+            if rep.get("tamper"):
+                out["status"], out["error"] = "tamper", f"changed: {rep['tamper']}"
+        else:
+            code = ns["exec_context"].replace("[insert]", solution)
+            for test_input, expected in cases:
+                conn.send({"kind": "case", "code": code, "input": test_input})
+                result = _codec.decode(_answer(conn, deadline))
+                if not ns["exec_test"](result, expected):
+                    raise AssertionError("exec_test returned a false value")
+            if "test_string" in ns:
+                ns["test_string"](solution)
+            out["passed"] = True
+    except _Reply as r:
+        out.update(r.args[0])
+        if "TAMPER:" in out["error"]:
+            out["status"] = "tamper"
+    except BaseException as e:  # noqa: BLE001 - a failing comparison is a verdict
+        out["error"] = f"{type(e).__name__}: {e}"[-TAIL:]
+        if "TAMPER" in str(e):
+            out["status"] = "tamper"
+    os.write(wfd, json.dumps(out).encode())
+
+
+class _Reply(Exception):
+    pass
+
+
+def _answer(conn: Connection, deadline: float) -> bytes:
+    if not conn.poll(max(0.0, deadline - time.monotonic())):
+        raise _Reply({"status": "timeout", "error": "deadline"})
+    try:
+        data = conn.recv_bytes(256 * 2**20)
+    except (EOFError, OSError) as e:
+        raise _Reply({"status": "error", "error": f"solution process ended: {type(e).__name__}"}) from None
+    if data[:1] == b"M":
+        raise _Reply({"status": "oom", "error": "MemoryError"})
+    if data[:1] == b"E":
+        raise _Reply({"status": "error", "error": data[1:].decode(errors="replace")})
+    return data[1:]
+
+
+def _classify(st, answered: bool, timed_out: bool) -> tuple[str, str]:
+    if timed_out:
+        return "timeout", "deadline"
+    if st is not None and os.WIFSIGNALED(st):
+        sig = os.WTERMSIG(st)
+        if sig == signal.SIGXFSZ:
+            return "output_flood", "output or file size cap reached (SIGXFSZ)"
+        if sig == signal.SIGXCPU:
+            return "timeout", "CPU limit (SIGXCPU)"
+        return ("killed" if sig == signal.SIGKILL else "error"), f"killed by signal {sig}"
+    return "error", "exited before finishing (exit code %s)" % (os.WEXITSTATUS(st) if st is not None else "?")
+
+
+class Zygote:
+    def __init__(self, slot: int):
+        self.uid = sandbox.SANDBOX_UID_BASE + slot if sandbox.uid_drop_blocker() is None else None
+        self.root = tempfile.mkdtemp(prefix=f"lutra-sbx-{slot}-")
+        os.chmod(self.root, 0o711)
+        self.is_init = os.getpid() == 1
+        if not self.is_init:  # orphans of our descendants come back to us, so we can kill them
+            try:
+                ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+            except (OSError, AttributeError):
+                pass
+        self.spare = Spare(self.root, self.uid)
+
+    def cleanup(self, spare: Spare) -> None:
+        try:
+            os.killpg(spare.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.is_init:
+            try:
+                os.kill(-1, signal.SIGKILL)  # PID 1 of our own namespace: every other process in it
+            except ProcessLookupError:
+                pass
+        else:
+            me = str(os.getpid())
+            for p in os.listdir("/proc"):
+                if p.isdigit():
+                    try:
+                        with open(f"/proc/{p}/stat") as f:
+                            if f.read().rsplit(")", 1)[1].split()[1] == me:
+                                os.kill(int(p), signal.SIGKILL)
+                    except (OSError, IndexError):
+                        pass
+        while True:
+            try:
+                if os.waitpid(-1, 0)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        spare.conn.close()
+        sandbox.rmtree(spare.dir)
+
+    def handle(self, task: dict) -> dict:
+        t0 = time.monotonic()
+        spare, self.spare = self.spare, None
+        try:
+            if task["op"] == "program":
+                r = self._program(spare, task)
+            else:
+                r = self._ds1000(spare, task)
+        finally:
+            r_out, r_err = _tail(spare.out), _tail(spare.err)
+            try:
+                self.cleanup(spare)
+            finally:
+                self.spare = Spare(self.root, self.uid)
+        r.setdefault("stdout", r_out)
+        r.setdefault("stderr", r_err)
+        r["seconds"] = time.monotonic() - t0
+        return r
+
+    def _program(self, spare: Spare, task: dict) -> dict:
+        deadline = time.monotonic() + task["timeout_s"]
+        spare.conn.send({"cpu_s": task["timeout_s"], "memory_mb": task["memory_mb"]})
+        spare.conn.send({"kind": "program", "code": task["code"]})
+        data = None
+        if spare.conn.poll(task["timeout_s"]):
+            try:
+                data = spare.conn.recv_bytes(1 << 20)
+            except (EOFError, OSError):
+                pass
+        exited, st = spare.wait(max(0.0, deadline - time.monotonic()) + 0.2)
+        timed_out = time.monotonic() > deadline and data is None and not exited
+        if data == b'{"done": true}':
+            return {"status": "ok", "error": "", "exit_code": 0}
+        if data and data[:1] == b"M":
+            return {"status": "oom", "error": "MemoryError"}
+        status, err = _classify(st, False, timed_out)
+        if data and data[:1] == b"E":
+            status, err = "error", data[1:].decode(errors="replace")
+        if status == "error" and "MemoryError" in err:
+            status = "oom"
+        flooded = any(os.path.getsize(f) >= sandbox.OUTPUT_CAP for f in (spare.out, spare.err))
+        if status == "error" and ("File too large" in err or flooded):  # Python ignores SIGXFSZ: EFBIG
+            status = "output_flood"
+        return {"status": status, "error": err[-TAIL:]}
+
+    def _ds1000(self, spare: Spare, task: dict) -> dict:
+        task = dict(task, dir=spare.dir)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # ---------------------------------------------------------------- the checker
+            try:
+                os.setsid()
+                os.close(r)
+                _ds1000_trusted(spare.conn, task, w)
+            finally:
+                os._exit(0)
+        os.close(w)
+        end = time.monotonic() + task["timeout_s"] + 1.0
+        buf = b""
+        while time.monotonic() < end:
+            ready, _, _ = select.select([r], [], [], max(0.0, end - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            buf += chunk
+        os.close(r)
+        try:
+            out = json.loads(buf) if buf else {"status": "timeout", "passed": False, "error": "checker deadline"}
+        except ValueError:
+            out = {"status": "error", "passed": False, "error": "checker sent garbage"}
+        if out["status"] in ("error", "timeout") and not out.get("passed"):
+            exited, st = spare.wait(0.05)
+            if exited and os.WIFSIGNALED(st):
+                out["status"], out["error"] = _classify(st, False, False)
+        return out
+
+
+def main(argv: list[str]) -> None:
+    slot, preload, rfd, wfd = int(argv[0]), [m for m in argv[1].split(",") if m], int(argv[2]), int(argv[3])
+    loaded = _preload(preload)
+    recv, send = Connection(rfd, writable=False), Connection(wfd, readable=False)
+    os.set_inheritable(rfd, False)
+    os.set_inheritable(wfd, False)
+    z = Zygote(slot)
+    send.send({"ready": True, "preloaded": loaded, "pid1": z.is_init})
+    try:
+        while True:
+            try:
+                task = recv.recv()
+            except (EOFError, OSError):
+                return
+            try:
+                send.send(z.handle(task))
+            except Exception as e:  # noqa: BLE001 - the zygote keeps serving
+                send.send({"status": "killed", "error": f"zygote: {type(e).__name__}: {e}"[-TAIL:],
+                           "seconds": 0.0})
+    finally:
+        if z.spare is not None:
+            z.cleanup(z.spare)
+        sandbox.rmtree(z.root)

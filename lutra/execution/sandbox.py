@@ -1,0 +1,156 @@
+"""Isolation layers for untrusted Python, detected once per process; `capabilities()` reports what is in force.
+
+Layers (reliability.md 3.2), each applied only when this machine allows it, and reported either way:
+- `pid_namespace` / `net_namespace`: the zygote runs under `unshare --pid --fork --kill-child --net` (root) or
+  `unshare --user --map-root-user ...` (unprivileged user namespaces); it is PID 1 of its namespace, so
+  `kill(-1)` after each program reaps every descendant, double-forked daemons included, and the network
+  namespace has no interface but a downed loopback. Without them: session + process-group kill and a
+  child-subreaper scan (a daemon that escapes its session can survive), and the network is reachable.
+- `uid_drop`: when running as root (and the interpreter is readable by other users, see uid_drop_blocker), untrusted code runs as uid SANDBOX_UID_BASE + worker slot (no groups), so
+  RLIMIT_NPROC counts only its own processes and files outside its temp dir owned by root are read-only to it.
+  Not root: code runs as the calling user and can touch whatever that user can.
+- `rlimits`: CPU, address space, file size, open files, process count, core size.
+- always: fresh temp working dir (HOME and TMPDIR inside), environment allow-list, stdin from /dev/null,
+  output to size-capped files, CUDA_VISIBLE_DEVICES="".
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import resource
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+
+SANDBOX_UID_BASE = 61000
+OUTPUT_CAP = 64 * 2**20
+"""RLIMIT_FSIZE: no file, stdout and stderr included, may grow past this (SIGXFSZ -> output_flood)."""
+NOFILE = 256
+NPROC = 64
+
+
+def sandbox_env(workdir: str) -> dict:
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
+        "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def _blocked_ancestor(path: str) -> str | None:
+    """The first directory above `path` that other users cannot traverse (None if all can)."""
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(2, len(parts) + 1):
+        d = os.sep.join(parts[:i])
+        try:
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                return d
+        except OSError:
+            return d
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def uid_drop_blocker() -> str | None:
+    """Why untrusted code cannot run as an unprivileged uid here (None: it can).
+
+    Not root; or the interpreter, its libraries or lutra live under a directory other users cannot traverse
+    (e.g. a pyenv under /root, mode 0700): the dropped child could not import anything not yet imported.
+    """
+    if os.geteuid() != 0:
+        return "not running as root"
+    import sysconfig
+
+    from lutra.execution.pool import _PKG_PARENT
+
+    for p in (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], _PKG_PARENT):
+        b = _blocked_ancestor(p)
+        if b:
+            return f"{p} is under {b}, which other users cannot traverse"
+    return None
+
+
+def _unshare_argv(root: bool) -> list[str]:
+    flags = ["--pid", "--fork", "--kill-child", "--net"]
+    return ["unshare"] + flags if root else ["unshare", "--user", "--map-root-user"] + flags
+
+
+@functools.lru_cache(maxsize=1)
+def capabilities() -> dict:
+    """What isolation is actually in force for Python programs (and the SQL engine's versions)."""
+    root = os.geteuid() == 0
+    ns_argv: list[str] = []
+    if shutil.which("unshare"):
+        for argv in ([_unshare_argv(root)] if root else [_unshare_argv(False)]):
+            try:
+                r = subprocess.run(argv + [sys.executable, "-c", "import os; print(os.getpid())"],
+                                   capture_output=True, text=True, timeout=20)
+                if r.returncode == 0 and r.stdout.strip() == "1":
+                    ns_argv = argv
+                    break
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+    blocker = uid_drop_blocker()
+    return {
+        "uid_drop": blocker is None,
+        "uid_drop_blocker": blocker,
+        "sandbox_uid_base": SANDBOX_UID_BASE if blocker is None else os.geteuid(),
+        "pid_namespace": bool(ns_argv),
+        "net_namespace": bool(ns_argv),
+        "unshare_argv": ns_argv,
+        "rlimits": ["CPU", "AS", "FSIZE", "NOFILE", "CORE"] + (["NPROC"] if blocker is None else []),
+        "env_allowlist": True,
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "euid": os.geteuid(),
+    }
+
+
+def _lim(res, value):
+    soft, hard = resource.getrlimit(res)
+    v = value if hard == resource.RLIM_INFINITY else min(value, hard)
+    resource.setrlimit(res, (v, v if os.geteuid() == 0 else hard))
+
+
+def vm_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def confine(workdir: str, uid: int | None, cpu_s: float, memory_mb: int) -> None:
+    """In the forked child, before any untrusted code: rlimits, then groups/gid/uid, cwd and environment."""
+    _lim(resource.RLIMIT_CPU, int(cpu_s) + 1)
+    _lim(resource.RLIMIT_AS, vm_bytes() + memory_mb * 2**20)  # the pre-imported stack is already mapped
+    _lim(resource.RLIMIT_FSIZE, OUTPUT_CAP)
+    _lim(resource.RLIMIT_NOFILE, NOFILE)
+    _lim(resource.RLIMIT_CORE, 0)
+    if uid is not None:
+        _lim(resource.RLIMIT_NPROC, NPROC)
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    os.chdir(workdir)
+    os.environ.clear()
+    os.environ.update(sandbox_env(workdir))
+
+
+def rmtree(path: str) -> None:
+    """Remove a sandbox dir even after the program chmod-ed its contents to 000 (never follows symlinks)."""
+    def onerror(func, p, exc):
+        try:
+            parent = os.path.dirname(p)
+            os.chmod(parent, stat.S_IRWXU)
+            if not os.path.islink(p) and os.path.isdir(p):
+                os.chmod(p, stat.S_IRWXU)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=onerror)
+    if os.path.lexists(path):
+        shutil.rmtree(path, ignore_errors=True)
