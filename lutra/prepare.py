@@ -237,15 +237,22 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     return {"root": str(root), "archives": marker["archives"], "splits": found}
 
 
-def main() -> None:
-    import hydra
+def register() -> None:
     from hydra.core.config_store import ConfigStore
 
-    from lutra.config import register_configs, to_object
-    from lutra.evaluate import CONF_DIR
+    from lutra.config import register_configs
 
     register_configs()
     ConfigStore.instance().store(name="prepare_schema", node=PrepareConfig)
+
+
+def main() -> None:
+    import hydra
+
+    from lutra.config import to_object
+    from lutra.evaluate import CONF_DIR
+
+    register()
 
     @hydra.main(version_base=None, config_path=CONF_DIR, config_name="prepare")
     def _main(dcfg) -> None:

@@ -210,3 +210,27 @@ def test_model_path_with_a_tiny_model_built_for_spider(spider, tmp_path, monkeyp
     s = evaluate(EvaluateConfig(benchmark=bench, model=model, run_dir=str(tmp_path / "run"), progress=False))
     assert s["n"] == 2 and s["split"] == "eval" and s["n_missing"] == 0
     assert len((tmp_path / "run" / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("entry", ["evaluate", "prepare"])
+@pytest.mark.parametrize("bench", ["mini_sql", "spider", "bird", "ds1000"])
+def test_entry_configs_compose_for_every_benchmark(entry, bench):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from lutra.config import to_object
+    from lutra.evaluate import CONF_DIR, _register
+    from lutra.prepare import PrepareConfig, register
+
+    _register()
+    register()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose(config_name=entry, overrides=[f"benchmark={bench}"])
+    if entry == "evaluate":
+        with open_dict(cfg):
+            cfg.run_dir = "/tmp/lutra-test-eval"  # ${hydra:...} needs a live HydraConfig
+        typed = to_object(cfg, EvaluateConfig)
+        assert typed.benchmark.name == bench and typed.predictions is None and typed.model.name == "tiny"
+    elif bench != "mini_sql":  # mini_sql generates its data: nothing to download
+        typed = to_object(cfg, PrepareConfig)
+        assert typed.benchmark.options["download"] and not typed.force
