@@ -1,0 +1,197 @@
+"""Execution benchmarks: prints a table, writes bench/results/execution.json.
+
+    python bench/execution.py [--items 5000] [--baseline 200]
+
+1. SQL verdicts/s on a duplicate-heavy candidate stream (as sampling produces: 8 samples per problem drawn from
+   a few distinct programs), lutra's judge() vs one fresh Python process per (gold, prediction) pair (how the
+   official scripts are usually driven), in the same run. Uses the Spider dev DBs when ../shared/data/spider
+   exists, else a generated SQLite DB.
+2. DS-1000-style Python programs/s: pre-imported zygote vs a fresh interpreter importing the stack.
+3. False-timeout rate: programs using ~25% of the timeout in CPU, at workers = cores and 2 x cores, before and
+   after the serial re-run that training labels get.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lutra.benchmarks import Problem  # noqa: E402
+from lutra.config import BenchmarkConfig  # noqa: E402
+from lutra.execution import capabilities, sql  # noqa: E402
+from lutra.execution import python as P  # noqa: E402
+from lutra.execution.pool import default_workers  # noqa: E402
+
+SPIDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "spider"
+if not SPIDER.is_dir():
+    SPIDER = Path("/work/shared/data/spider")
+
+ONE_PROCESS = r"""
+import sqlite3, sys, json
+from collections import Counter
+db, gold, pred = json.loads(sys.stdin.read())
+def run(q):
+    con = sqlite3.connect(db)
+    con.text_factory = lambda b: b.decode(errors="ignore")
+    try:
+        return con.execute(q).fetchall()
+    finally:
+        con.close()
+g = run(gold)
+try:
+    p = run(pred)
+    ok = Counter(p) == Counter(g) if "order by" not in gold.lower() else p == g
+except Exception:
+    ok = False
+print(int(ok))
+"""
+
+
+def _variants(gold: str) -> list[str]:
+    return [gold, gold, gold.replace("SELECT", "SELECT DISTINCT", 1), gold + " LIMIT 1",
+            gold.replace("=", "!=", 1), "SELECT * FROM nope", gold.rstrip(";") + " ;", "SELEC 1"]
+
+
+def _problems(n: int, tmp: str) -> list[Problem]:
+    if (SPIDER / "dev.json").exists():
+        dev = json.loads((SPIDER / "dev.json").read_text())
+        out = []
+        for i, ex in enumerate(dev):
+            path = SPIDER / "database" / ex["db_id"] / f"{ex['db_id']}.sqlite"
+            if path.exists():
+                out.append(Problem(id=f"dev/{i}", question="", context="", gold=ex["query"], db_path=str(path)))
+        return random.Random(0).sample(out, min(n, len(out)))
+    path = os.path.join(tmp, "bench.sqlite")
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE t (a INTEGER, b TEXT)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"n{i % 13}") for i in range(2000)])
+    con.commit()
+    con.close()
+    return [Problem(id=str(k), question="", context="", gold=f"SELECT b, count(*) FROM t WHERE a > {k * 10} GROUP BY b",
+                    db_path=path) for k in range(n)]
+
+
+def bench_sql(n_items: int, n_baseline: int, tmp: str) -> dict:
+    rng = random.Random(1)
+    problems = _problems(max(1, n_items // 8), tmp)
+    items = [(p, rng.choice(_variants(p.gold))) for p in problems for _ in range(8)][:n_items]
+    cfg = BenchmarkConfig(name="spider", comparison="spider_ts", timeout_s=5.0)
+    sql._GOLD.clear()
+    sql._VERDICTS.clear()
+    sql.pool(cfg.workers).map([({"op": "run", "db": items[0][0].db_path, "sql": "SELECT 1", "timeout_s": 1.0}, 5)])
+    t0 = time.perf_counter()
+    verdicts = sql.judge(items, cfg, progress=False)
+    cold = time.perf_counter() - t0
+    stats = dict(sql.last_stats)
+    t0 = time.perf_counter()
+    sql.judge(items, cfg, progress=False)
+    warm = time.perf_counter() - t0
+    sub = items[:n_baseline]
+    t0 = time.perf_counter()
+    base_ok = []
+    for p, pred in sub:
+        r = subprocess.run([sys.executable, "-c", ONE_PROCESS], input=json.dumps([p.db_path, p.gold, pred]),
+                           capture_output=True, text=True, timeout=120)
+        base_ok.append(r.stdout.strip() == "1")
+    base = time.perf_counter() - t0
+    agree = sum(bool(v.correct) == b for v, b in zip(verdicts[:n_baseline], base_ok, strict=True))
+    return {"items": len(items), "distinct_executed": stats["executed"], "lutra_s": cold,
+            "lutra_verdicts_per_s": len(items) / cold, "lutra_cached_rerun_per_s": len(items) / warm,
+            "baseline_items": len(sub), "baseline_s": base, "baseline_verdicts_per_s": len(sub) / base,
+            "speedup": (len(items) / cold) / (len(sub) / base), "agreement_with_baseline": agree / max(1, len(sub)),
+            "workers": default_workers(), "data": "spider dev" if (SPIDER / "dev.json").exists() else "generated"}
+
+
+DS_PROGRAM = ("import numpy as np, pandas as pd, matplotlib.pyplot as plt\n"
+              "df = pd.DataFrame({'a': np.arange(100), 'b': np.arange(100) % 7})\n"
+              "r = df.groupby('b').a.sum()\nplt.plot(r.values); plt.savefig('out.png'); plt.close('all')\n")
+
+
+def bench_python(n: int) -> dict:
+    P.run("pass")  # start the zygotes
+    t0 = time.perf_counter()
+    res = [P.run(DS_PROGRAM, timeout_s=30) for _ in range(n)]
+    zyg = (time.perf_counter() - t0) / n
+    env = {"PATH": os.environ.get("PATH", ""), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    fresh_ok = 0
+    with tempfile.TemporaryDirectory() as d:
+        for _ in range(max(3, n // 4)):
+            fresh_ok += subprocess.run([sys.executable, "-I", "-c", DS_PROGRAM], cwd=d, env=env,
+                                       capture_output=True).returncode == 0
+    fresh = (time.perf_counter() - t0) / max(3, n // 4)
+    return {"programs": n, "zygote_s_per_program": zyg, "zygote_programs_per_s": 1 / zyg,
+            "zygote_ok": sum(r.status == "ok" for r in res), "fresh_s_per_program": fresh,
+            "fresh_programs_per_s": 1 / fresh, "speedup": fresh / zyg, "fresh_ok": fresh_ok}
+
+
+def bench_false_timeouts(n: int = 16, timeout_s: float = 1.0) -> dict:
+    loops = 1
+    while True:  # calibrate a busy loop to ~25% of the timeout in CPU
+        t0 = time.process_time()
+        sum(range(loops))
+        if time.process_time() - t0 > 0.05:
+            break
+        loops *= 2
+    loops = int(loops * 0.25 * timeout_s / (time.process_time() - t0))
+    prog = f"sum(range({loops}))"
+    out = {}
+    cores = default_workers()
+    for workers in (cores, 2 * cores):
+        pool = P.pool(workers)
+        task = {"op": "program", "code": prog, "timeout_s": timeout_s, "memory_mb": 1024}
+        list(pool.map([(task, timeout_s + 5)] * workers, workers=workers))  # warm every zygote
+        res = dict(pool.map([(task, timeout_s + 5)] * n, workers=workers))
+        first = sum(r["status"] == "timeout" for r in res.values())
+        again = [i for i, r in res.items() if r["status"] == "timeout"]
+        after = sum(r["status"] == "timeout" for _, r in pool.map([(task, timeout_s + 5)] * len(again), workers=1))
+        out[f"workers={workers}"] = {"programs": n, "timeouts": first, "timeouts_after_serial_rerun": after}
+    P.pool()  # back to the default size
+    return {"cpu_fraction_of_timeout": 0.25, "timeout_s": timeout_s, **out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=5000)
+    ap.add_argument("--baseline", type=int, default=200)
+    ap.add_argument("--python", type=int, default=20)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        res = {"capabilities": capabilities(), "sql": bench_sql(args.items, args.baseline, tmp),
+               "python": bench_python(args.python), "false_timeouts": bench_false_timeouts()}
+    s, p, f = res["sql"], res["python"], res["false_timeouts"]
+    rows = [
+        ("SQL verdicts/s, lutra (cold caches)", f"{s['lutra_verdicts_per_s']:.0f}",
+         f"{s['items']} items, {s['distinct_executed']} distinct, {s['workers']} workers, {s['data']}"),
+        ("SQL verdicts/s, lutra (cached re-run)", f"{s['lutra_cached_rerun_per_s']:.0f}", ""),
+        ("SQL verdicts/s, fresh process per query", f"{s['baseline_verdicts_per_s']:.1f}",
+         f"{s['baseline_items']} items"),
+        ("SQL speedup", f"{s['speedup']:.1f}x", f"agreement {s['agreement_with_baseline']:.3f} (official quirks differ)"),
+        ("Python programs/s, zygote", f"{p['zygote_programs_per_s']:.1f}", f"{p['zygote_s_per_program']*1000:.0f} ms each"),
+        ("Python programs/s, fresh interpreter", f"{p['fresh_programs_per_s']:.2f}",
+         f"{p['fresh_s_per_program']*1000:.0f} ms each"),
+        ("Python speedup", f"{p['speedup']:.1f}x", ""),
+    ] + [(f"false timeouts, {k}", f"{v['timeouts']}/{v['programs']}",
+          f"{v['timeouts_after_serial_rerun']} after serial re-run")
+         for k, v in f.items() if k.startswith("workers")]
+    w = max(len(r[0]) for r in rows)
+    for name, val, note in rows:
+        print(f"{name:<{w}}  {val:>10}  {note}")
+    out = Path(__file__).resolve().parent / "results" / "execution.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2, default=str))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
