@@ -25,6 +25,7 @@ from lutra.module import PolicyModule, reference_logps
 from lutra.pairs import build_pairs, sft_targets
 from lutra.run import Run
 from lutra.sampling import generate
+from lutra.strategies import device_for, trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Loop:
         log.info("execution sandbox capabilities: %s", self.capabilities)
         self.logger = RunLogger(cfg, self.run)
         self.model, self.tok, self._policy_round = None, None, None
-        self.device = _device(cfg.trainer)
+        self.device = device_for(cfg.trainer)
 
     def close(self) -> None:
         self.logger.finish()
@@ -188,7 +189,7 @@ class Loop:
                  "dropped_completion_too_long": enc.dropped_completion_too_long}
         if len(enc.prompts) > 0 and max_steps > 0:
             L.seed_everything(self.cfg.seed * 1000 + k, workers=True, verbose=False)
-            trainer = L.Trainer(**_trainer_kwargs(self.cfg.trainer), max_epochs=m.epochs_per_round,
+            trainer = L.Trainer(**trainer_kwargs(self.cfg.trainer), max_epochs=m.epochs_per_round,
                                 max_steps=max_steps, logger=self.logger.lightning(), enable_checkpointing=False,
                                 callbacks=[StepOffset(offset)], default_root_dir=str(self.run.dir),
                                 num_sanity_val_steps=0, enable_model_summary=False)
@@ -270,25 +271,6 @@ def _replace_dir(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
     os.replace(src, dst)
-
-
-def _device(tcfg) -> str:
-    if tcfg.accelerator in ("gpu", "cuda") or (tcfg.accelerator == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu"
-
-
-def _trainer_kwargs(tcfg) -> dict:
-    precision = tcfg.precision
-    if precision == "auto":
-        precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-    strategy = tcfg.strategy
-    if strategy == "deepspeed" and tcfg.deepspeed_stage:
-        strategy = f"deepspeed_stage_{tcfg.deepspeed_stage}"
-    return {"accelerator": tcfg.accelerator, "devices": tcfg.devices, "strategy": strategy, "precision": precision,
-            "num_nodes": tcfg.num_nodes, "accumulate_grad_batches": tcfg.accumulate_grad_batches,
-            "gradient_clip_val": tcfg.gradient_clip_val, "log_every_n_steps": tcfg.log_every_n_steps,
-            "enable_progress_bar": tcfg.enable_progress_bar}
 
 
 class StepOffset(L.Callback):

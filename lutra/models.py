@@ -29,6 +29,18 @@ def setup_torch(threads: int | None = None) -> None:
         torch.set_num_threads(threads)
 
 
+def fast_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether bf16 autocast speeds this device up: a bf16-capable GPU, or a CPU with AVX512-BF16 / AMX."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def tiny_dir(model_cfg, bench_cfg) -> Path:
     import importlib
 

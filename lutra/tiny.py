@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from lutra import benchmarks
 from lutra.artifacts import atomic_dir, write_json
 from lutra.data import collate, encode_completion, encode_prompt, format_prompt
-from lutra.loss import sequence_logps
+from lutra.models import fast_bf16
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
     rng = random.Random(seed)
+    bf16 = fast_bf16("cpu")
     model.train()
     losses = []
     order: list[int] = []
@@ -94,9 +95,13 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
             order += more
         idx, order = order[: t.warm_start_batch_size], order[t.warm_start_batch_size :]
         batch = collate([{"i": i, **records[i]} for i in idx], tok.pad_token_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logps = sequence_logps(logits, batch["labels"], batch["loss_mask"])
-        loss = -logps.sum() / batch["loss_mask"].sum()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # fp32 master weights, bf16 matmuls
+            hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            # the LM head only where a loss is taken: prompts are most of the tokens
+            keep = batch["loss_mask"].bool()
+            logits = model.lm_head(hidden[keep]).float()
+        logps = torch.log_softmax(logits, -1).gather(1, batch["labels"][keep][:, None]).sum()
+        loss = -logps / keep.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
