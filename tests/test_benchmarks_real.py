@@ -316,13 +316,20 @@ def test_real_ds1000_split_500_500_by_perturbation_group():
 
 @pytest.mark.slow
 def test_real_ds1000_references_pass_per_library(tmp_path):
-    """The reference solutions in lutra's sandbox, per library; prints the table for the closing note."""
+    """The reference solutions in lutra's sandbox; prints the per-library table for the closing note.
+
+    Every failure must come from the environment (a library missing or newer than DS-1000's pins: pandas 1.5.3,
+    numpy 1.26), never from the sandbox: no timeout, kill, oom or tamper verdicts. On the pinned environment
+    of SOURCES.md, 983 / 1000 pass (15 need the network, 2 need xgboost).
+    """
     pytest.importorskip("lutra.execution.python", reason="the python executor is not in this tree yet")
     root = _real("ds1000")
-    c = cfg("ds1000", root, workers=None)
+    c = cfg("ds1000", root, workers=None, timeout_s=120.0)
     problems = benchmarks.load(c, "all")
     s = score_predictions(problems, {p.id: p.gold for p in problems}, c, tmp_path, progress=True)
     for lib, g in s["groups"]["library"].items():
         print(f"{lib:12s} {g['correct']:4d} / {g['n']}")
     print(json.dumps(s["status"]))
-    assert s["correct"] >= 900
+    assert not {"timeout", "killed", "oom", "tamper", "output_flood"} & set(s["status"])
+    failed = [json.loads(x) for x in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert all(v["error"] for v in failed if not v["correct"])  # each failure carries the library's exception
