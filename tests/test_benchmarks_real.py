@@ -54,6 +54,18 @@ def test_spider_fixture_loads_and_golds_score_correct(spider, tmp_path):
     assert [x["id"] for x in lines] == [p.id for p in problems] and all(x["correct"] for x in lines)
 
 
+def test_compact_schema_format_from_database_and_tables_json(spider):
+    c = cfg("spider", spider, options={"schema_format": "compact"})
+    assert benchmarks.load(c, "dev")[0].context == (
+        "singer(singer_id PK, name, country, age)\nconcert(concert_id PK, singer_id, year)\n"
+        "-- concert.singer_id = singer.singer_id")
+    (spider / "database" / "concert" / "concert.sqlite").unlink()  # the same format from tables.json
+    assert benchmarks.load(c, "dev")[0].context == (
+        "singer(singer_id PK, name, country, age)\nconcert(concert_id PK, singer_id, year)")
+    with pytest.raises(BenchmarkError, match="schema_format: must be one of"):
+        benchmarks.load(cfg("spider", spider, options={"schema_format": "json"}), "dev")
+
+
 def test_spider_split_by_db_is_disjoint_and_warmup_takes_official_train(spider):
     spec = {"source": "dev", "eval_dbs": ["shop"], "exclude_dbs": ["school"]}
     c = cfg("spider", spider, options={"split_by_db": spec})

@@ -45,14 +45,14 @@ def split_file(root: Path, split: str) -> Path:
                          "(run `python -m lutra.prepare benchmark=bird` or set benchmark.data_dir)")
 
 
-def _official(root: Path, split: str, rows: int) -> list[Problem]:
+def _official(root: Path, split: str, cfg) -> list[Problem]:
     path = split_file(root, split)
     _, _, tables_name, db_folder = FILES[split]
     # mini_dev uses dev's databases: beside its own file, else where the dev release keeps them
     near = [path.parent] + ([root / sub for sub in FILES["dev"][1]] if split == "mini_dev" else [])
     db_dir = next((d / db_folder for d in near if (d / db_folder).is_dir()), path.parent / db_folder)
     tables_path = next((d / tables_name for d in near if (d / tables_name).is_file()), path.parent / tables_name)
-    schemas = S.SchemaSource(db_dir, S.read_tables(tables_path), rows, str(tables_path))
+    schemas = S.SchemaSource(db_dir, S.read_tables(tables_path), cfg, str(tables_path))
     records = S.read_records(path)
     with_ids = sum("question_id" in r for r in records)
     if 0 < with_ids < len(records):
@@ -94,20 +94,19 @@ def _official(root: Path, split: str, rows: int) -> list[Problem]:
     return problems
 
 
-def _official_train(root: Path, rows: int) -> list[Problem]:
+def _official_train(root: Path, cfg) -> list[Problem]:
     name, folders = FILES["train"][:2]
     if not any((root / sub / name).is_file() for sub in folders):
         return []
-    return _official(root, "train", rows)
+    return _official(root, "train", cfg)
 
 
 def load(cfg, split: str) -> list[Problem]:
     root = S.data_root(cfg)
     spec = dict(cfg.options.get("split_by_db") or {})
     if not spec or split not in S.CARVED:
-        return _official(root, split, cfg.prompt_rows)
-    return S.load_carved(cfg, split, spec, lambda s: _official(root, s, cfg.prompt_rows),
-                         lambda: _official_train(root, cfg.prompt_rows))
+        return _official(root, split, cfg)
+    return S.load_carved(cfg, split, spec, lambda s: _official(root, s, cfg), lambda: _official_train(root, cfg))
 
 
 def user_message(problem: Problem) -> str:

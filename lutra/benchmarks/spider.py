@@ -30,9 +30,9 @@ FILES = {  # split -> (questions file, database folder, tables file)
 }
 
 
-def _official(root: Path, split: str, rows: int) -> list[Problem]:
+def _official(root: Path, split: str, cfg) -> list[Problem]:
     if split == "train_gold":
-        return _train_gold(root, rows)
+        return _train_gold(root, cfg)
     if split not in FILES:
         raise BenchmarkError(f"spider: unknown split {split!r}; official splits: {sorted(FILES) + ['train_gold']}"
                              f" (train/eval/warmup are carved with benchmark.options.split_by_db)")
@@ -40,7 +40,7 @@ def _official(root: Path, split: str, rows: int) -> list[Problem]:
     path = root / name
     tables_path = root / ("test_tables.json" if split == "test" and (root / "test_tables.json").is_file()
                           else tables_name)
-    schemas = S.SchemaSource(root / db_folder, S.read_tables(tables_path), rows, str(tables_path))
+    schemas = S.SchemaSource(root / db_folder, S.read_tables(tables_path), cfg, str(tables_path))
     problems = []
     for i, rec in enumerate(S.read_records(path)):
         where = f"{path}: record {i}"
@@ -58,11 +58,11 @@ def _official(root: Path, split: str, rows: int) -> list[Problem]:
     return problems
 
 
-def _train_gold(root: Path, rows: int) -> list[Problem]:
+def _train_gold(root: Path, cfg) -> list[Problem]:
     path = root / "train_gold.sql"
     if not path.is_file():
         raise BenchmarkError(f"{path}: file not found")
-    schemas = S.SchemaSource(root / "database", S.read_tables(root / "tables.json"), rows, str(root / "tables.json"))
+    schemas = S.SchemaSource(root / "database", S.read_tables(root / "tables.json"), cfg, str(root / "tables.json"))
     problems = []
     for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
@@ -83,19 +83,18 @@ def load(cfg, split: str) -> list[Problem]:
     root = S.data_root(cfg)
     spec = dict(cfg.options.get("split_by_db") or {})
     if not spec or split not in S.CARVED:
-        return _official(root, split, cfg.prompt_rows)
-    return S.load_carved(cfg, split, spec, lambda s: _official(root, s, cfg.prompt_rows),
-                         lambda: _official_train(root, cfg.prompt_rows))
+        return _official(root, split, cfg)
+    return S.load_carved(cfg, split, spec, lambda s: _official(root, s, cfg), lambda: _official_train(root, cfg))
 
 
-def _official_train(root: Path, rows: int) -> list[Problem]:
+def _official_train(root: Path, cfg) -> list[Problem]:
     """Spider's own train examples (questions when train_spider.json is there, else train_gold.sql)."""
     if (root / FILES["train"][0]).is_file():
-        out = _official(root, "train", rows)
+        out = _official(root, "train", cfg)
         if (root / FILES["train_others"][0]).is_file():
-            out += _official(root, "train_others", rows)
+            out += _official(root, "train_others", cfg)
     elif (root / "train_gold.sql").is_file():
-        out = _train_gold(root, rows)
+        out = _train_gold(root, cfg)
     else:
         return []
     return out

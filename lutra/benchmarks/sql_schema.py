@@ -3,6 +3,8 @@
 - reading the official JSON files with errors that name the file, line and record;
 - the prompt's schema: CREATE TABLE statements read from the SQLite file (optionally a few rows per table), or,
   when the file is absent or unreadable, rebuilt from the benchmark's `tables.json` so the split still loads;
+  `options.schema_format: compact` writes one `table(col PK, col, ...)` line per table instead (a named
+  deviation, for small models whose context the DDL would fill);
 - `database_problem` / `check_databases`: a missing, empty or corrupt database is an error only for the problems a
   run actually uses (Spider's wta_1 database is absent from the shared data);
 - `carve_by_db`: `options.split_by_db`, train / eval / warmup parts of one official split, disjoint by database.
@@ -24,6 +26,7 @@ from lutra.benchmarks import BenchmarkError, Problem
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 CARVED = ("train", "eval", "warmup")  # split names options.split_by_db defines
+FORMATS = ("ddl", "compact")  # options.schema_format: CREATE TABLE statements, or one line per table
 
 
 def data_root(cfg) -> Path:
@@ -131,15 +134,28 @@ def _quote(name: str) -> str:
     return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else '"' + name.replace('"', '""') + '"'
 
 
+def _compact_table(name: str, cols: list[tuple[str, bool]], fks: list[tuple[str, str, str]]) -> str:
+    """`name(col PK, col, ...)` and one `-- name.col = other.col` line per foreign key."""
+    text = f"{_quote(name)}(" + ", ".join(_quote(c) + (" PK" if pk else "") for c, pk in cols) + ")"
+    return text + "".join(f"\n-- {_quote(name)}.{_quote(a)} = {_quote(t)}.{_quote(b)}" for a, t, b in fks)
+
+
 @functools.lru_cache(maxsize=512)
-def schema_from_db(db_path: str, rows: int = 0) -> str:
-    """CREATE TABLE statements as stored in the database, each followed by `rows` example rows as a comment."""
+def schema_from_db(db_path: str, rows: int = 0, fmt: str = "ddl") -> str:
+    """The tables of an SQLite file: CREATE TABLE statements as stored (fmt=ddl) or one line per table
+    (fmt=compact), each followed by `rows` example rows as a comment."""
     parts = []
-    con = _connect(db_path) if rows else None
+    con = _connect(db_path) if rows or fmt == "compact" else None
     try:
         for name, ddl in _tables(db_path):
-            text = _compact(ddl) + ";"
-            if con is not None:
+            if fmt == "compact":
+                info = con.execute(f"PRAGMA table_info({_quote(name)})").fetchall()
+                fk = con.execute(f"PRAGMA foreign_key_list({_quote(name)})").fetchall()
+                text = _compact_table(name, [(c[1], bool(c[5])) for c in info],
+                                      [(f[3], f[2], f[4]) for f in fk if f[4] is not None])
+            else:
+                text = _compact(ddl) + ";"
+            if rows:
                 cur = con.execute(f"SELECT * FROM {_quote(name)} LIMIT {int(rows)}")
                 cols = [d[0] for d in cur.description]
                 body = "\n".join("\t".join(str(v) for v in r) for r in cur.fetchall())
@@ -148,11 +164,11 @@ def schema_from_db(db_path: str, rows: int = 0) -> str:
     finally:
         if con is not None:
             con.close()
-    return "\n\n".join(parts)
+    return ("\n" if fmt == "compact" and not rows else "\n\n").join(parts)
 
 
-def schema_from_tables(entry: dict) -> str:
-    """CREATE TABLE statements rebuilt from a tables.json entry (names, types, primary and foreign keys)."""
+def schema_from_tables(entry: dict, fmt: str = "ddl") -> str:
+    """The schema rebuilt from a tables.json entry (names, types, primary and foreign keys), in `fmt`."""
     tables = entry["table_names_original"]
     cols = entry["column_names_original"]
     types = entry["column_types"]
@@ -165,6 +181,10 @@ def schema_from_tables(entry: dict) -> str:
     parts = []
     for t, tname in enumerate(tables):
         mine = [i for i, (ti, _) in enumerate(cols) if ti == t]
+        if fmt == "compact":
+            parts.append(_compact_table(tname, [(cols[i][1], i in pks) for i in mine],
+                                        [(cols[a][1], tables[cols[b][0]], cols[b][1]) for a, b in fks.get(t, [])]))
+            continue
         lines = [f"{_quote(cols[i][1])} {types[i]}" for i in mine]
         keys = [_quote(cols[i][1]) for i in mine if i in pks]
         if keys:
@@ -173,14 +193,17 @@ def schema_from_tables(entry: dict) -> str:
             lines.append(f"FOREIGN KEY ({_quote(cols[a][1])}) REFERENCES "
                          f"{_quote(tables[cols[b][0]])}({_quote(cols[b][1])})")
         parts.append(f"CREATE TABLE {_quote(tname)} (\n" + ",\n".join("  " + ln for ln in lines) + "\n);")
-    return "\n\n".join(parts)
+    return ("\n" if fmt == "compact" else "\n\n").join(parts)
 
 
 class SchemaSource:
     """The schema text of each db_id: from its SQLite file when that opens, else from tables.json."""
 
-    def __init__(self, db_dir: Path, tables: dict[str, dict], rows: int, where: str):
-        self.db_dir, self.tables, self.rows, self.where = db_dir, tables, rows, where
+    def __init__(self, db_dir: Path, tables: dict[str, dict], cfg, where: str):
+        self.db_dir, self.tables, self.where = db_dir, tables, where
+        self.rows, self.fmt = cfg.prompt_rows, cfg.options.get("schema_format", "ddl")
+        if self.fmt not in FORMATS:
+            raise BenchmarkError(f"benchmark.options.schema_format: must be one of {FORMATS}, got {self.fmt!r}")
         self._cache: dict[str, tuple[str, str, str | None]] = {}
 
     def get(self, db_id: str, record: str) -> tuple[str, str, str | None]:
@@ -189,9 +212,9 @@ class SchemaSource:
             path = str(self.db_dir / db_id / f"{db_id}.sqlite")
             problem = database_problem(path)
             if problem is None:
-                schema = schema_from_db(path, self.rows)
+                schema = schema_from_db(path, self.rows, self.fmt)
             elif db_id in self.tables:
-                schema = schema_from_tables(self.tables[db_id])
+                schema = schema_from_tables(self.tables[db_id], self.fmt)
             elif not (self.db_dir / db_id).is_dir():
                 raise BenchmarkError(f"{record}: unknown db_id {db_id!r}: not in {self.where} and no "
                                      f"folder {self.db_dir / db_id}")
