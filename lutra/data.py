@@ -134,24 +134,27 @@ def collate(items: list[dict], pad_id: int) -> dict:
     return batch
 
 
-class LengthBucketSampler(torch.utils.data.Sampler):
-    """Batches of similar total length (little padding), in a seeded random order that changes per epoch.
+class BucketSampler(torch.utils.data.Sampler):
+    """Batches whose rows share a prompt prefix and have similar lengths, in a seeded order that changes per epoch.
 
-    Stateful (epoch + position) so a resumed epoch neither repeats nor skips batches.
+    Items are shuffled, then sorted by `keys` (prompt token ids, then length) within chunks of 32 batches, so a
+    batch mostly holds one prompt family (a schema, a problem): its shared prefix is computed once
+    (lutra.module.completion_logps) and there is little padding. Stateful (epoch + position): a resumed epoch
+    neither repeats nor skips batches.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+    def __init__(self, keys: list, batch_size: int, seed: int):
+        self.keys, self.batch_size, self.seed = keys, batch_size, seed
         self.epoch, self.position = 0, 0
 
     def _batches(self) -> list[list[int]]:
         rng = random.Random(f"{self.seed}/{self.epoch}")
-        order = list(range(len(self.lengths)))
+        order = list(range(len(self.keys)))
         rng.shuffle(order)
-        chunk = self.batch_size * 16  # sort within chunks: keeps randomness, removes most padding
+        chunk = self.batch_size * 32  # sort within chunks: keeps randomness, groups prefixes
         batches = []
         for s in range(0, len(order), chunk):
-            part = sorted(order[s : s + chunk], key=lambda i: self.lengths[i])
+            part = sorted(order[s : s + chunk], key=lambda i: self.keys[i])
             batches += [part[j : j + self.batch_size] for j in range(0, len(part), self.batch_size)]
         rng.shuffle(batches)
         return batches
@@ -164,7 +167,7 @@ class LengthBucketSampler(torch.utils.data.Sampler):
         self.epoch, self.position = self.epoch + 1, 0
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        return (len(self.keys) + self.batch_size - 1) // self.batch_size
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
@@ -179,8 +182,8 @@ class PreferenceDataModule(L.LightningDataModule):
     def __init__(self, enc: EncodedPairs, ref: torch.Tensor | None, batch_size: int, pad_id: int, seed: int):
         super().__init__()
         self.dataset = PairDataset(enc, ref)
-        lengths = [len(p) + len(c) + len(r or []) for p, c, r in zip(enc.prompts, enc.chosen, enc.rejected)]
-        self.sampler = LengthBucketSampler(lengths, batch_size, seed)
+        keys = [(p, len(c) + len(r or [])) for p, c, r in zip(enc.prompts, enc.chosen, enc.rejected)]
+        self.sampler = BucketSampler(keys, batch_size, seed)
         self.pad_id = pad_id
 
     def train_dataloader(self) -> DataLoader:

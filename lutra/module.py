@@ -7,17 +7,62 @@ in eval mode; gradients still flow), which makes the first step's DPO term exact
 
 from __future__ import annotations
 
+import inspect
+
 import lightning as L
 import torch
 
-from lutra.loss import dpo_nll_loss, sequence_logps, sft_loss
+from lutra.loss import dpo_nll_loss, sft_loss
 
 
-def completion_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs (2B or B,) and completion lengths for a collated batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    mask = batch["loss_mask"]
-    return sequence_logps(logits, batch["labels"], mask), mask.sum(-1)
+def shared_prefix_len(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> int:
+    """Length of the token prefix common to every row and ending before the first loss position."""
+    same = (input_ids == input_ids[:1]).all(0).long().cumprod(0).sum().item()
+    loss_cols = loss_mask.any(0).nonzero()
+    first_loss = loss_cols[0].item() if loss_cols.numel() else input_ids.shape[1]
+    return int(min(same, first_loss))
+
+
+def _body_and_head(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings(), base.config
+
+
+def completion_logps(model, batch: dict, *, share_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs (rows,) and completion lengths for a collated batch.
+
+    - Right padding: the causal mask alone keeps real tokens from attending to padding, so no attention mask
+      is passed (identical log-probs on real tokens, and SDPA's fast causal path).
+    - Shared prefix: rows that start with the same tokens (a pair's chosen and rejected; problems on one
+      database, whose schema opens the prompt) have that prefix run once and its KV cache repeated: the same
+      arithmetic on far fewer tokens. LoRA layers are injected in place, so the decoder call trains them too.
+    - The LM head runs only on completion positions: prompt logits are never needed.
+    """
+    from transformers import DynamicCache
+
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["loss_mask"]
+    body, head, config = _body_and_head(model)
+    p = shared_prefix_len(ids, mask) if share_prefix and ids.shape[0] > 1 else 0
+    if p >= 8 and not getattr(body, "gradient_checkpointing", False):
+        cache = DynamicCache()
+        kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+        body(input_ids=ids[:1, :p], use_cache=True, **{kw: cache})
+        cache.batch_repeat_interleave(ids.shape[0])
+        pos = torch.arange(p, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+        hidden = body(input_ids=ids[:, p:], position_ids=pos, use_cache=True, **{kw: cache}).last_hidden_state
+        labels, mask_s = labels[:, p:], mask[:, p:]
+    else:
+        hidden = body(input_ids=ids).last_hidden_state
+        mask_s = mask
+    keep = mask_s.bool()
+    logits = head(hidden[keep]).float()
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    token_logps = torch.log_softmax(logits, -1).gather(1, labels[keep].unsqueeze(1)).squeeze(1)
+    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(keep)[keep]
+    sums = torch.zeros(ids.shape[0], device=ids.device, dtype=token_logps.dtype).index_add(0, rows, token_logps)
+    return sums, mask.sum(-1)
 
 
 @torch.inference_mode()

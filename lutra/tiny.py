@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 
 from lutra import benchmarks
 from lutra.artifacts import atomic_dir, write_json
-from lutra.data import collate, encode_completion, encode_prompt, format_prompt
+from lutra.data import BucketSampler, collate, encode_completion, encode_prompt, format_prompt
 from lutra.models import fast_bf16
+from lutra.module import completion_logps
 
 log = logging.getLogger(__name__)
 
@@ -82,26 +83,21 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
-    rng = random.Random(seed)
+    sampler = BucketSampler([(r["prompt"], len(r["chosen"])) for r in records], t.warm_start_batch_size, seed)
     bf16 = fast_bf16("cpu")
     model.train()
     losses = []
-    order: list[int] = []
+    batches = iter(())
     bar = tqdm(range(steps), desc="warm start", leave=False)
     for _ in bar:
-        if len(order) < t.warm_start_batch_size:
-            more = list(range(len(records)))
-            rng.shuffle(more)
-            order += more
-        idx, order = order[: t.warm_start_batch_size], order[t.warm_start_batch_size :]
+        idx = next(batches, None)
+        if idx is None:
+            batches = iter(sampler)
+            idx = next(batches)
         batch = collate([{"i": i, **records[i]} for i in idx], tok.pad_token_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # fp32 master weights, bf16 matmuls
-            hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            # the LM head only where a loss is taken: prompts are most of the tokens
-            keep = batch["loss_mask"].bool()
-            logits = model.lm_head(hidden[keep]).float()
-        logps = torch.log_softmax(logits, -1).gather(1, batch["labels"][keep][:, None]).sum()
-        loss = -logps / keep.sum()
+            logps, lengths = completion_logps(model, batch)  # shared schema prefix computed once per batch
+        loss = -logps.sum() / lengths.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -62,3 +62,21 @@ def test_first_step_dpo_is_log2_and_only_lora_moves(tokenizer, small_model, mode
     assert moved, "nothing was trained"
     assert moved <= lora, f"non-LoRA parameters changed: {sorted(moved - lora)[:3]}"
     assert moved == lora, f"LoRA parameters that did not move: {sorted(lora - moved)[:3]}"
+
+
+def test_shared_prefix_logps_equal_plain_forward(tokenizer, small_model, model_cfg):
+    from lutra.data import collate
+    from lutra.loss import sequence_logps
+    from lutra.module import completion_logps, shared_prefix_len
+
+    enc = encode_pairs(tokenizer, _pairs(tokenizer, model_cfg), model_cfg)
+    items = [{"i": i, "prompt": enc.prompts[i], "chosen": enc.chosen[i], "rejected": enc.rejected[i]} for i in range(2)]
+    one_pair, two_prompts = collate(items[:1], tokenizer.pad_token_id), collate(items, tokenizer.pad_token_id)
+    assert shared_prefix_len(one_pair["input_ids"], one_pair["loss_mask"]) == len(enc.prompts[0]) - 1
+    assert shared_prefix_len(two_prompts["input_ids"], two_prompts["loss_mask"]) < 8  # falls back: plain forward
+    for batch in (one_pair, two_prompts):
+        shared, lengths = completion_logps(small_model, batch)
+        logits = small_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        plain = sequence_logps(logits, batch["labels"], batch["loss_mask"])
+        torch.testing.assert_close(shared, plain, atol=1e-4, rtol=1e-5)
+        assert lengths.tolist() == batch["loss_mask"].sum(-1).tolist()
