@@ -1,8 +1,45 @@
-"""Lightning Trainer arguments from `conf/trainer/*.yaml`: accelerator, precision and strategy resolution."""
+"""Lightning Trainer arguments from `conf/trainer/*.yaml`: accelerator, precision and strategy resolution.
+
+Only `trainer.fit` needs several processes; lutra's loop samples, executes, pairs and evaluates in the one process
+that Hydra started. How a strategy creates its processes therefore decides whether it fits the loop (`launcher`):
+
+- `spawn` (trainer=ddp, ddp_cpu: Lightning's `ddp_spawn`). The recommended multi-GPU path. Lightning's
+  multiprocessing launcher starts one worker per device for the duration of `fit` only; the model, data module
+  and callbacks reach the workers by pickling. When they join, rank 0's weights are loaded back into the main
+  process's module (Lightning's `_MultiProcessingLauncher`), so the loop carries on with the trained adapter in
+  memory. Hydra is never re-entered: spawned workers import `lutra.train` as `__mp_main__`, so its `if __name__ ==
+  "__main__"` guard keeps `@hydra.main` from running. That means no second run directory, no re-composed config
+  and no per-rank `.hydra/` (the pitfall of Lightning-AI#11617, lightning-hydra-template#393). Writes stay on one
+  process by construction: the workers only log (Lightning loggers write on rank 0), and the main process saves
+  the adapter after `fit`. Limits: one node; everything the module holds must pickle; every worker holds a full
+  copy of the base, so the model must fit one device (8B bf16 LoRA does on 40 GB+ cards, docs/gpu.md).
+  `LightningEnvironment` is passed explicitly because Lightning would otherwise detect SLURM (submitit sets
+  SLURM_NTASKS) and take every spawned worker's rank from SLURM_PROCID/SLURM_LOCALID, which are 0 in all of them.
+- `relaunch` (fsdp, deepspeed ZeRO-2/3, popen `ddp`, `strategy: auto` on several devices, num_nodes > 1).
+  Lightning starts the other ranks by re-running the command line (`_SubprocessScriptLauncher`, which also
+  rewrites Hydra's run dir for them) or expects srun/torchrun to have started them. Every rank then runs
+  `python -m lutra.train` from the top, so the loop itself has to be rank-aware: ranks > 0 must resume the run
+  read-only up to the pending fit, join it, and exit (see `process_rank`). `trainer_kwargs` refuses these strategies
+  unless its caller passes `relaunch_ok=True`, so a loop without that worker mode fails at once instead of
+  deadlocking on the run directory's lock.
+- `none` (auto, cpu, gpu: one device): `fit` runs in the main process.
+
+Rank-0-only writes: in `spawn` mode only the main process writes run artifacts. In `relaunch` mode use
+`process_rank() == 0` (known before any process group exists) to guard manifest, artifact, adapter and wandb writes.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
+
+import lightning as L
 import torch
+
+from lutra.config import ConfigError
+
+SPAWN_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+STEPS_KEY = "lutra/global_step"
 
 
 def device_for(tcfg) -> str:
@@ -11,14 +48,142 @@ def device_for(tcfg) -> str:
     return "cpu"
 
 
-def trainer_kwargs(tcfg) -> dict:
-    precision = tcfg.precision
-    if precision == "auto":
-        precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-    strategy = tcfg.strategy
-    if strategy == "deepspeed" and tcfg.deepspeed_stage:
-        strategy = f"deepspeed_stage_{tcfg.deepspeed_stage}"
-    return {"accelerator": tcfg.accelerator, "devices": tcfg.devices, "strategy": strategy, "precision": precision,
-            "num_nodes": tcfg.num_nodes, "accumulate_grad_batches": tcfg.accumulate_grad_batches,
-            "gradient_clip_val": tcfg.gradient_clip_val, "log_every_n_steps": tcfg.log_every_n_steps,
-            "enable_progress_bar": tcfg.enable_progress_bar}
+def devices_per_node(tcfg) -> int:
+    """How many devices one node trains on, resolving `auto` / -1 the way Lightning does."""
+    d = tcfg.devices
+    if isinstance(d, (list, tuple)):
+        return len(d)
+    if isinstance(d, str) and d not in ("auto", "-1"):
+        return len([x for x in d.split(",") if x.strip()]) if "," in d else int(d)
+    if d in ("auto", -1, "-1"):
+        return max(1, torch.cuda.device_count()) if device_for(tcfg) == "cuda" else 1
+    return int(d)
+
+
+def world_size(tcfg) -> int:
+    """Processes in `fit`: data-parallel ranks, each of which gets its own share of the round's pairs."""
+    return devices_per_node(tcfg) * tcfg.num_nodes
+
+
+def launcher(tcfg) -> str:
+    """`none` (fit in this process), `spawn` (fit-only workers) or `relaunch` (every rank runs the script)."""
+    base = str(tcfg.strategy).split("_find_unused")[0]
+    if tcfg.num_nodes > 1:
+        return "relaunch"
+    if base in SPAWN_STRATEGIES:
+        return "spawn"
+    if base.startswith(("fsdp", "deepspeed")) or base == "ddp":
+        return "relaunch"
+    return "relaunch" if world_size(tcfg) > 1 else "none"
+
+
+def precision(tcfg) -> str:
+    if tcfg.precision == "auto":
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    return str(tcfg.precision)
+
+
+def is_decoder_layer(module: torch.nn.Module) -> bool:
+    """FSDP wrap unit: one transformer block (LlamaDecoderLayer, GemmaDecoderLayer, Qwen2DecoderLayer, ...)."""
+    return type(module).__name__.endswith(("DecoderLayer", "Block"))
+
+
+def strategy(tcfg):
+    """A Lightning strategy name or object for `tcfg.strategy` (Lightning's own strategies, configured)."""
+    name = str(tcfg.strategy)
+    if name.split("_find_unused")[0] in SPAWN_STRATEGIES:
+        from lightning.pytorch.plugins.environments import LightningEnvironment
+        from lightning.pytorch.strategies import DDPStrategy
+
+        start = {"ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}[name.split("_find_unused")[0]]
+        return DDPStrategy(start_method=start, cluster_environment=LightningEnvironment(),
+                           find_unused_parameters=name.endswith("_true"))
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+        from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
+
+        # use_orig_params: LoRA leaves most parameters frozen; FSDP's flat parameters need it to mix them
+        return FSDPStrategy(auto_wrap_policy=functools.partial(lambda_auto_wrap_policy, lambda_fn=is_decoder_layer),
+                            use_orig_params=True, sharding_strategy="FULL_SHARD", state_dict_type="full",
+                            limit_all_gathers=True)
+    if name == "deepspeed":
+        if tcfg.deepspeed_stage not in (1, 2, 3):
+            raise ConfigError(f"trainer.deepspeed_stage: 1, 2 or 3 with strategy=deepspeed, got {tcfg.deepspeed_stage}")
+        return f"deepspeed_stage_{tcfg.deepspeed_stage}"  # Lightning's registry; needs `pip install deepspeed`
+    return name
+
+
+def trainer_kwargs(tcfg, *, relaunch_ok: bool = False) -> dict:
+    """Keyword arguments for `lightning.Trainer` from a TrainerConfig.
+
+    relaunch_ok: the caller runs correctly when every rank executes the whole script (see the module docstring);
+    without it a `relaunch` strategy raises ConfigError before any process starts.
+    """
+    mode = launcher(tcfg)
+    if mode == "relaunch" and not relaunch_ok:
+        raise ConfigError(
+            f"trainer.strategy: {tcfg.strategy!r} on {world_size(tcfg)} device(s) x {tcfg.num_nodes} node(s) makes "
+            "Lightning re-run the whole command on every rank, and lutra's loop does not run as a worker rank yet. "
+            "Use trainer=ddp (ddp_spawn: fit-only workers, one node); see docs/gpu.md.")
+    return {"accelerator": tcfg.accelerator, "devices": tcfg.devices, "strategy": strategy(tcfg),
+            "precision": precision(tcfg), "num_nodes": tcfg.num_nodes,
+            "accumulate_grad_batches": tcfg.accumulate_grad_batches, "gradient_clip_val": tcfg.gradient_clip_val,
+            "log_every_n_steps": tcfg.log_every_n_steps, "enable_progress_bar": tcfg.enable_progress_bar,
+            # lutra's data module batches by length itself (a batch sampler Lightning cannot re-shard), so the
+            # sampler splits the batches across ranks, not a DistributedSampler
+            "use_distributed_sampler": False}
+
+
+def process_rank() -> int:
+    """Global rank of this process as launchers announce it before any process group exists (0 when alone).
+
+    torchrun sets RANK; Lightning's subprocess launcher sets LOCAL_RANK and NODE_RANK on the ranks it starts; srun
+    sets SLURM_PROCID when it starts several tasks. A spawned `fit` worker also sees LOCAL_RANK, but never runs
+    loop code.
+    """
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if "LOCAL_RANK" in os.environ:
+        local = int(os.environ["LOCAL_RANK"])
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or (local + 1)
+        return int(os.environ.get("NODE_RANK", "0")) * per_node + local
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0"))
+    return 0
+
+
+class StepCount(L.Callback):
+    """Reports the optimizer steps taken through callback_metrics, which spawn launchers send back."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        trainer.callback_metrics[STEPS_KEY] = torch.tensor(float(trainer.global_step))
+
+
+def fit(trainer, module, datamodule=None) -> int:
+    """`trainer.fit`, returning the optimizer steps taken.
+
+    Under a spawn launcher the main process's `trainer.global_step` stays 0 (its fit loop never ran); the count
+    comes back from rank 0 instead. After a `relaunch` fit the process group is torn down so the next round's
+    Trainer starts a fresh one with its newly launched ranks rather than reusing the exited ones.
+    """
+    if launcher_of(trainer) == "spawn" and torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the workers need the memory the main process's sampler cached
+    trainer.callbacks.append(StepCount())
+    trainer.fit(module, datamodule=datamodule)
+    steps = trainer.global_step or int(trainer.callback_metrics.pop(STEPS_KEY, torch.tensor(0.0)).item())
+    trainer.callback_metrics.pop(STEPS_KEY, None)
+    if launcher_of(trainer) == "relaunch" and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return steps
+
+
+def launcher_of(trainer) -> str:
+    """`launcher` for a constructed Trainer (from its strategy's launcher object)."""
+    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
+
+    la = getattr(trainer.strategy, "launcher", None)
+    if isinstance(la, _MultiProcessingLauncher):
+        return "spawn"
+    if isinstance(la, _SubprocessScriptLauncher) or trainer.world_size > 1:
+        return "relaunch"
+    return "none"

@@ -1,0 +1,140 @@
+"""DDP on the CPU: 2 spawned processes (gloo) fit a tiny LoRA policy through trainer=ddp_cpu's strategy.
+
+One fit (module fixture) is checked from several sides: the gradient each rank steps with is the gradient of the
+mean loss over every micro-batch of both ranks (DDP averaging + Lightning's 1/k accumulation scaling), the logged
+loss is the mean over ranks, both ranks end with identical LoRA weights, and those weights are the ones the main
+process holds after `fit` (the loop samples and evaluates with them). About 15 s on 2 cores.
+"""
+
+import copy
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from peft import get_peft_model
+
+from lutra import strategies
+from lutra.config import MethodConfig, TrainerConfig, register_configs
+from lutra.data import PreferenceDataModule, collate, encode_pairs, format_prompt, ordered_batches
+from lutra.models import lora_config
+from lutra.module import PolicyModule, reference_logps
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+ACCUMULATE = 2
+
+
+class Recorder(L.Callback):
+    """Runs inside each spawned rank; writes what that rank saw to <out>/rank<r>.pt (module-level: picklable)."""
+
+    def __init__(self, out: str):
+        self.out, self.batches, self.losses, self.grads = out, [], [], None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.batches.append(batch["index"].tolist())
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]) * trainer.accumulate_grad_batches)  # undo Lightning's 1/k
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        if self.grads is None:  # after backward's all-reduce and the accumulation, before clipping and the step
+            self.grads = {n: p.grad.detach().clone() for n, p in module.model.named_parameters() if p.grad is not None}
+
+    def on_train_end(self, trainer, module):
+        lora = {n: p.detach().clone() for n, p in module.model.named_parameters() if "lora_" in n}
+        torch.save({"rank": trainer.global_rank, "world": trainer.world_size, "batches": self.batches,
+                    "losses": self.losses, "grads": self.grads, "lora": lora}, Path(self.out) / f"rank{trainer.global_rank}.pt")
+
+
+def _ddp_cpu_config() -> TrainerConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["trainer=ddp_cpu"])
+    from omegaconf import OmegaConf
+
+    tc = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer))
+    tc.accumulate_grad_batches, tc.enable_progress_bar = ACCUMULATE, False
+    return tc
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tokenizer, small_model, tmp_path_factory):
+    from lutra.config import ModelConfig, TinyModelConfig
+
+    out = tmp_path_factory.mktemp("ddp")
+    model_cfg = ModelConfig(name="t", build="tiny", tiny=TinyModelConfig(), max_prompt_len=200, max_completion_len=40)
+    torch.manual_seed(0)
+    policy = get_peft_model(copy.deepcopy(small_model), lora_config(model_cfg))
+    with torch.no_grad():  # non-zero B: gradients reach both LoRA matrices from the first step
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    records = [{"prompt": format_prompt(tokenizer, f"How many singers are older than {i}?", model_cfg),
+                "chosen": f"SELECT COUNT(*) FROM singer WHERE age > {i}",
+                "rejected": "SELECT COUNT(*) FROM singer" + " WHERE age < 30" * (i % 3)} for i in range(16)]
+    enc = encode_pairs(tokenizer, records, model_cfg)
+    ref = reference_logps(policy, ordered_batches(enc, 2, tokenizer.pad_token_id), use_base=False, progress=False)
+    dm = PreferenceDataModule(enc, ref, batch_size=2, pad_id=tokenizer.pad_token_id, seed=0)
+    method = MethodConfig(name="codelutra", batch_size=2)
+    start = copy.deepcopy(policy)
+    tcfg = _ddp_cpu_config()
+    trainer = L.Trainer(**strategies.trainer_kwargs(tcfg), max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, callbacks=[Recorder(str(out))])
+    steps = strategies.fit(trainer, PolicyModule(policy, method, lr=1e-2, total_steps=1), datamodule=dm)
+    ranks = [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return {"ranks": ranks, "policy": policy, "start": start, "dm": dm, "method": method, "steps": steps,
+            "trainer": trainer, "pad": tokenizer.pad_token_id, "tcfg": tcfg}
+
+
+def test_two_ranks_one_step_and_the_count_comes_back(ddp_run):
+    assert [r["rank"] for r in ddp_run["ranks"]] == [0, 1] and ddp_run["ranks"][0]["world"] == 2
+    assert strategies.launcher(ddp_run["tcfg"]) == "spawn"
+    assert all(len(r["batches"]) == ACCUMULATE for r in ddp_run["ranks"])  # one optimizer step of k micro-batches
+    assert ddp_run["trainer"].global_step == 0  # the main process's own fit loop never ran...
+    assert ddp_run["steps"] == 1  # ...so strategies.fit reads the count rank 0 sent back
+
+
+@pytest.mark.xfail(strict=True, reason="lutra.data.LengthBucketSampler does not shard batches by rank yet: every "
+                   "rank trains on the same batches (see the DDP note in docs/gpu.md)")
+def test_ranks_train_on_different_pairs(ddp_run):
+    seen = [{i for b in r["batches"] for i in b} for r in ddp_run["ranks"]]
+    assert not seen[0] & seen[1]
+
+
+def test_gradient_is_that_of_the_mean_loss_over_all_micro_batches_of_all_ranks(ddp_run):
+    ranks, dm = ddp_run["ranks"], ddp_run["dm"]
+    for n, g in ranks[0]["grads"].items():  # DDP all-reduce: every rank steps with the same gradient
+        torch.testing.assert_close(ranks[1]["grads"][n], g, rtol=0, atol=0)
+    micro = [b for r in ranks for b in r["batches"]]
+    assert len(micro) == 2 * ACCUMULATE
+    policy = copy.deepcopy(ddp_run["start"]).eval()
+    for n, p in policy.named_parameters():
+        p.requires_grad_("lora_" in n)
+    module = PolicyModule(policy, ddp_run["method"], lr=1e-2, total_steps=1)
+    total = 0.0
+    for idx in micro:
+        batch = collate([dm.dataset[i] for i in idx], ddp_run["pad"])
+        total = total + module.training_step(batch, 0)
+    (total / len(micro)).backward()
+    expected = {n: p.grad for n, p in policy.named_parameters() if p.grad is not None}
+    assert set(expected) == set(ranks[0]["grads"])
+    for n, g in expected.items():
+        torch.testing.assert_close(ranks[0]["grads"][n], g, rtol=1e-4, atol=1e-7)
+
+
+def test_logged_loss_is_the_mean_over_ranks(ddp_run):
+    last = [r["losses"][-1] for r in ddp_run["ranks"]]
+    logged = float(ddp_run["trainer"].callback_metrics["train/loss"])  # sent back from rank 0, synced
+    assert logged == pytest.approx(sum(last) / 2, rel=1e-5)
+
+
+def test_lora_weights_identical_across_ranks_and_returned_to_the_main_process(ddp_run):
+    r0, r1 = (r["lora"] for r in ddp_run["ranks"])
+    main = {n: p.detach() for n, p in ddp_run["policy"].named_parameters() if "lora_" in n}
+    start = {n: p.detach() for n, p in ddp_run["start"].named_parameters() if "lora_" in n}
+    assert set(r0) == set(main) and main
+    for n in main:
+        assert torch.equal(r0[n], r1[n]), n
+        assert torch.equal(main[n], r0[n]), n
+    assert any(not torch.equal(main[n], start[n]) for n in main), "the main process still holds the initial adapter"
