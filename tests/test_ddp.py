@@ -140,28 +140,35 @@ def test_lora_weights_identical_across_ranks_and_returned_to_the_main_process(dd
     assert any(not torch.equal(main[n], start[n]) for n in main), "the main process still holds the initial adapter"
 
 
-@pytest.mark.slow
-def test_full_round_through_the_entry_point_with_ddp_cpu(tmp_path):
-    """`python -m lutra.train trainer=ddp_cpu` on a reduced default: one Hydra run directory, one writer, and
-    the adapter the spawned ranks trained is the one the main process saved (about 1 min on 2 cores)."""
+REDUCED = ["rounds=1", "benchmark.n_train=24", "benchmark.n_warmup=200", "model.tiny.warm_start_steps=8",
+           "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "model.tiny.num_layers=2",
+           "model.tiny.num_heads=4", "model.tiny.num_kv_heads=2", "model.tiny.vocab_size=600",
+           "model.max_completion_len=24", "method.samples_per_problem=2", "method.gold_as_chosen=true",
+           "method.batch_size=2", "method.max_steps_per_round=2", "logger=csv", "trainer.enable_progress_bar=false",
+           "trainer=ddp_cpu"]
+
+
+def _train(tmp_path, *args):
     import os
     import subprocess
     import sys
 
+    cmd = [sys.executable, "-m", "lutra.train", *args, *REDUCED, f"benchmark.data_dir={tmp_path}/data"]
+    env = {**os.environ, "LUTRA_MODELS": str(tmp_path / "models")}
+    p = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.slow
+def test_full_round_through_the_entry_point_with_ddp_cpu(tmp_path):
+    """`python -m lutra.train trainer=ddp_cpu` on a reduced default: one Hydra run directory, one writer, and
+    the adapter the spawned ranks trained is the one the main process saved (about 1 min on 2 cores)."""
     from safetensors.torch import load_file
 
-    root = Path(__file__).resolve().parents[1]
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lutra.train", f"hydra.run.dir={run}", "rounds=1", "trainer=ddp_cpu",
-           "benchmark.n_train=24", "benchmark.n_eval=8", "benchmark.n_warmup=200", f"benchmark.data_dir={tmp_path}/data",
-           "model.tiny.warm_start_steps=8", "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128",
-           "model.tiny.num_layers=2", "model.tiny.num_heads=4", "model.tiny.num_kv_heads=2",
-           "model.tiny.vocab_size=600", "model.max_completion_len=24", "method.samples_per_problem=2",
-           "method.gold_as_chosen=true", "method.batch_size=2", "method.max_steps_per_round=2", "logger=csv",
-           "trainer.enable_progress_bar=false"]
-    env = {**os.environ, "LUTRA_MODELS": str(tmp_path / "models")}
-    p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = _train(tmp_path, f"hydra.run.dir={run}", "benchmark.n_eval=8")
     assert "Starting with 2 processes" in p.stdout + p.stderr
     assert sorted(x.name for x in tmp_path.iterdir()) == ["data", "models", "run"]  # no per-rank run dirs
     assert sorted(x.name for x in run.iterdir() if x.name.startswith("round_")) == ["round_0", "round_1"]
@@ -174,3 +181,18 @@ def test_full_round_through_the_entry_point_with_ddp_cpu(tmp_path):
     if m["stages"]["round_1/train"]["steps"] == 0:
         pytest.xfail("lutra.loop records trainer.global_step, which stays 0 in the main process under ddp_spawn; "
                      "lutra.strategies.fit returns the count rank 0 sent back")
+
+
+@pytest.mark.slow
+def test_ddp_inside_a_submitit_job(tmp_path):
+    """Many runs at once: a Hydra multirun through submitit_local (SLURM's stand-in), each job training with
+    ddp_spawn inside its own task (about 1 min on 2 cores)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    _train(tmp_path, "-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path}/sweep",
+           "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=2", "seed=0", "benchmark.n_eval=4")
+    jobs = [d for d in (tmp_path / "sweep").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    assert [d.name for d in jobs] == ["0-codelutra-s0"]
+    m = __import__("json").loads((jobs[0] / "manifest.json").read_text())
+    assert "round_1/evaluate" in m["stages"] and m["stages"]["round_1/train"]["pairs_used"] > 0
+    logs = "".join(f.read_text() for f in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
+    assert "Starting with 2 processes" in logs

@@ -137,3 +137,17 @@ def test_gpu_bf16_fit_moves_fp32_lora_weights(tokenizer, small_model, model_cfg)
                            PreferenceDataModule(enc, ref, 2, tokenizer.pad_token_id, 0))
     assert steps == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
     assert all(not torch.equal(p.detach(), before[n]) for n, p in policy.named_parameters() if "lora_" in n)
+
+
+@pytest.mark.parametrize(("launcher", "target"), [("submitit_slurm", "SlurmLauncher"),
+                                                  ("submitit_local", "LocalLauncher")])
+def test_submitit_launchers_compose_with_trainer_ddp(launcher, target):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True, overrides=[
+            f"hydra/launcher={launcher}", "trainer=ddp", "hydra.launcher.tasks_per_node=1",
+            "hydra.launcher.timeout_min=720", "hydra.launcher.cpus_per_task=16",
+            *(["hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu"] if launcher == "submitit_slurm" else [])])
+    assert cfg.hydra.launcher._target_.endswith(target)
+    assert cfg.hydra.launcher.tasks_per_node == 1  # one task per node: ddp_spawn starts the GPU workers itself
+    assert strategies.launcher(trainer_cfg("ddp")) == "spawn"
