@@ -3,7 +3,7 @@
 One fit (module fixture) is checked from several sides: the gradient each rank steps with is the gradient of the
 mean loss over every micro-batch of both ranks (DDP averaging + Lightning's 1/k accumulation scaling), the logged
 loss is the mean over ranks, both ranks end with identical LoRA weights, and those weights are the ones the main
-process holds after `fit` (the loop samples and evaluates with them). About 15 s on 2 cores.
+process holds after `fit` (the loop samples and evaluates with them). About 25 s on 2 cores.
 """
 
 import copy
@@ -95,7 +95,7 @@ def test_two_ranks_one_step_and_the_count_comes_back(ddp_run):
     assert ddp_run["steps"] == 1  # ...so strategies.fit reads the count rank 0 sent back
 
 
-@pytest.mark.xfail(strict=True, reason="lutra.data.LengthBucketSampler does not shard batches by rank yet: every "
+@pytest.mark.xfail(strict=True, reason="lutra.data.BucketSampler does not split batches by rank yet: every "
                    "rank trains on the same batches (see the DDP note in docs/gpu.md)")
 def test_ranks_train_on_different_pairs(ddp_run):
     seen = [{i for b in r["batches"] for i in b} for r in ddp_run["ranks"]]
