@@ -19,13 +19,21 @@ from torch.utils.data import DataLoader, Dataset
 
 
 def format_prompt(tokenizer, user_message: str, model_cfg) -> str:
-    """The prompt text for one problem: the chat template's rendering when available, else the raw message."""
+    """The prompt text for one problem: the chat template's rendering when available, else the raw message.
+
+    A template that rejects the system role (Gemma) gets the system prompt at the top of the user turn instead.
+    """
     if model_cfg.use_chat_template and getattr(tokenizer, "chat_template", None):
-        messages = []
-        if model_cfg.system_prompt:
-            messages.append({"role": "system", "content": model_cfg.system_prompt})
-        messages.append({"role": "user", "content": user_message})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        from jinja2.exceptions import TemplateError
+
+        user = {"role": "user", "content": user_message}
+        render = lambda msgs: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)  # noqa: E731
+        if not model_cfg.system_prompt:
+            return render([user])
+        try:
+            return render([{"role": "system", "content": model_cfg.system_prompt}, user])
+        except TemplateError:
+            return render([{"role": "user", "content": f"{model_cfg.system_prompt}\n\n{user_message}"}])
     return user_message.rstrip() + "\n"
 
 
@@ -47,7 +55,16 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def encode_completion(tokenizer, completion: str) -> list[int]:
+def encode_completion(tokenizer, completion: str, prompt: str | None = None) -> list[int]:
+    """Completion ids + EOS. With the prompt text, the ids are those of the completion inside prompt+completion
+    tokenized as one text (what the model reads after the prompt): SentencePiece tokenizers with a dummy prefix
+    tokenize a text alone differently at its start. Falls back to the completion alone when the joint
+    tokenization does not keep the prompt's ids as a prefix (a merge across the boundary)."""
+    if prompt is not None:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        joint = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+        if joint[: len(p)] == p:
+            return joint[len(p) :] + [tokenizer.eos_token_id]
     ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     return ids + [tokenizer.eos_token_id]
 
@@ -75,8 +92,8 @@ def encode_pairs(tokenizer, records: list[dict], model_cfg, *, with_rejected: bo
         if len(p) > model_cfg.max_prompt_len:
             out.dropped_prompt_too_long += 1
             continue
-        c = encode_completion(tokenizer, r["chosen"])
-        rj = encode_completion(tokenizer, r["rejected"]) if with_rejected else None
+        c = encode_completion(tokenizer, r["chosen"], r["prompt"])
+        rj = encode_completion(tokenizer, r["rejected"], r["prompt"]) if with_rejected else None
         limit = model_cfg.max_completion_len + 1  # + EOS
         if len(c) > limit or (rj is not None and len(rj) > limit):
             out.dropped_completion_too_long += 1
@@ -147,6 +164,12 @@ class BucketSampler(torch.utils.data.Sampler):
         self.keys, self.batch_size, self.seed = keys, batch_size, seed
         self.epoch, self.position = 0, 0
 
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
     def _batches(self) -> list[list[int]]:
         rng = random.Random(f"{self.seed}/{self.epoch}")
         order = list(range(len(self.keys)))
@@ -157,6 +180,11 @@ class BucketSampler(torch.utils.data.Sampler):
             part = sorted(order[s : s + chunk], key=lambda i: self.keys[i])
             batches += [part[j : j + self.batch_size] for j in range(0, len(part), self.batch_size)]
         rng.shuffle(batches)
+        world, rank = self._world()
+        if world > 1:  # every rank draws the same global order (same seed) and takes every world-th batch;
+            # cycling pads the list so all ranks take the same number of steps (DDP would hang otherwise)
+            n = -(-len(batches) // world) * world
+            batches = [batches[i % len(batches)] for i in range(n)][rank::world]
         return batches
 
     def __iter__(self):
@@ -167,7 +195,7 @@ class BucketSampler(torch.utils.data.Sampler):
         self.epoch, self.position = self.epoch + 1, 0
 
     def __len__(self) -> int:
-        return (len(self.keys) + self.batch_size - 1) // self.batch_size
+        return -(-((len(self.keys) + self.batch_size - 1) // self.batch_size) // self._world()[0])
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}

@@ -25,7 +25,7 @@ from lutra.module import PolicyModule, reference_logps
 from lutra.pairs import build_pairs, sft_targets
 from lutra.run import Run
 from lutra.sampling import generate
-from lutra.strategies import device_for, trainer_kwargs
+from lutra.strategies import device_for, fit, trainer_kwargs, world_size
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,8 @@ class Loop:
         enc = encode_pairs(tok, pairs, self.cfg.model, with_rejected=m.loss != "sft")
         ref = None if m.loss == "sft" else self.reference(k, model, tok, enc)
         dm = PreferenceDataModule(enc, ref, m.batch_size, tok.pad_token_id, seed=self.cfg.seed * 1000 + k)
-        steps_per_epoch = -(-len(enc.prompts) // (m.batch_size * self.cfg.trainer.accumulate_grad_batches))
+        per_step = m.batch_size * self.cfg.trainer.accumulate_grad_batches * world_size(self.cfg.trainer)
+        steps_per_epoch = -(-len(enc.prompts) // per_step)
         max_steps = steps_per_epoch * m.epochs_per_round
         if m.max_steps_per_round:
             max_steps = min(max_steps, m.max_steps_per_round)
@@ -193,8 +194,7 @@ class Loop:
                                 max_steps=max_steps, logger=self.logger.lightning(), enable_checkpointing=False,
                                 callbacks=[StepOffset(offset)], default_root_dir=str(self.run.dir),
                                 num_sanity_val_steps=0, enable_model_summary=False)
-            trainer.fit(module, datamodule=dm)
-            stats["steps"] = trainer.global_step
+            stats["steps"] = fit(trainer, module, dm)
         else:
             log.warning("round %d: no pairs to train on; the adapter is carried over unchanged", k)
             stats["steps"] = 0

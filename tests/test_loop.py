@@ -1,0 +1,132 @@
+"""The whole entry point on a reduced embedded default: one full round, resume, kill-and-resume, refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A reduced default: tiny warm start, few problems, gold-as-chosen so the round always has pairs to train on.
+REDUCED = [
+    "benchmark.n_train=24", "benchmark.n_eval=24", "benchmark.n_warmup=200", "model.tiny.warm_start_steps=8",
+    "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "model.tiny.num_layers=2",
+    "model.tiny.num_heads=4", "model.tiny.num_kv_heads=2", "model.tiny.vocab_size=600",
+    "method.samples_per_problem=3", "method.gold_as_chosen=true", "method.batch_size=8",
+    "method.max_steps_per_round=3", "model.max_completion_len=24", "trainer=cpu", "logger=csv",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def train(run_dir, *extra, check=True, env=None, **kw):
+    cmd = [sys.executable, "-m", "lutra.train", f"hydra.run.dir={run_dir}", *REDUCED, *extra]
+    e = {**os.environ, "LUTRA_MODELS": str(Path(run_dir).parent / "models"), **(env or {})}
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=e, timeout=600, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def manifest(run_dir):
+    return json.loads((Path(run_dir) / "manifest.json").read_text())
+
+
+def test_one_full_round_writes_every_artifact_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    train(run, "rounds=1", f"benchmark.data_dir={tmp_path / 'data'}")
+    m = manifest(run)
+    for stage in ("round_0/evaluate", "round_1/sample", "round_1/execute", "round_1/pair", "round_1/ref_logps",
+                  "round_1/train", "round_1/evaluate"):
+        assert stage in m["stages"], stage
+    r1 = run / "round_1"
+    samples = [json.loads(x) for x in (r1 / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 24 * 3
+    pairs = [json.loads(x) for x in (r1 / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and m["stages"]["round_1/pair"]["pairs"] == len(pairs)
+    assert m["stages"]["round_1/train"]["steps"] >= 1
+    ref = torch.load(r1 / "ref_logps.pt")
+    assert ref["logps"].shape == (len(pairs), 2)
+    metrics = json.loads((r1 / "metrics.json").read_text())
+    assert metrics["round"] == 1 and 0 <= metrics["exec_acc"] <= 100 and metrics["n"] == 24
+    assert "tier" in metrics["groups"] and "rare" in metrics["groups"]
+    assert (run / "rounds.csv").read_text().count("\n") == 3  # header + rounds 0 and 1
+    assert (run / "logs" / "metrics.csv").exists()  # Lightning's CSV logger: per-step train metrics
+    # the adapter is a real peft adapter, loadable by PeftModel.from_pretrained on the base directory
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_dir = next((tmp_path / "models").iterdir())
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), r1 / "adapter")
+    assert any("lora_" in n for n, _ in model.named_parameters())
+    # same command again: everything is done, nothing recomputed
+    before = {k: v["sha256"] for k, v in m["stages"].items()}
+    t0 = time.time()
+    train(run, "rounds=1", f"benchmark.data_dir={tmp_path / 'data'}")
+    assert {k: v["sha256"] for k, v in manifest(run)["stages"].items()} == before
+    assert time.time() - t0 < 60
+    # more rounds extend the same run
+    train(run, "rounds=2", f"benchmark.data_dir={tmp_path / 'data'}")
+    assert "round_2/evaluate" in manifest(run)["stages"]
+
+
+def test_changed_config_refused_naming_keys(tmp_path):
+    run = tmp_path / "run"
+    train(run, "rounds=0", f"benchmark.data_dir={tmp_path / 'data'}")
+    p = train(run, "rounds=0", f"benchmark.data_dir={tmp_path / 'data'}", "method.beta=0.2", "seed=3", check=False)
+    assert p.returncode == 2
+    out = p.stdout + p.stderr
+    assert "method.beta" in out and "seed" in out and "resume=force" in out
+
+
+def test_second_process_on_same_run_dir_refused(tmp_path):
+    from lutra.artifacts import RunLock
+
+    run = tmp_path / "run"
+    with RunLock(run):
+        p = train(run, "rounds=0", f"benchmark.data_dir={tmp_path / 'data'}", check=False)
+    assert p.returncode != 0 and "in use by another process" in p.stdout + p.stderr and "pid" in p.stdout + p.stderr
+
+
+def test_bad_override_fails_before_any_model_loads(tmp_path):
+    run = tmp_path / "run"
+    p = train(run, "method.beta=0", check=False)
+    assert p.returncode == 2 and "method.beta" in p.stdout + p.stderr
+    assert not (tmp_path / "models").exists() and not (run / "manifest.json").exists()
+
+
+def _kill_during(run, stage_marker, data_dir, extra=()):
+    """Start a run, SIGKILL it once `stage_marker` (a file under the run dir) appears."""
+    cmd = [sys.executable, "-m", "lutra.train", f"hydra.run.dir={run}", *REDUCED, "rounds=2",
+           f"benchmark.data_dir={data_dir}", *extra]
+    env = {**os.environ, "LUTRA_MODELS": str(Path(run).parent / "models")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not (Path(run) / stage_marker).exists():
+        assert proc.poll() is None, "run ended before the kill point"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("marker", ["round_1/samples.jsonl", "round_1/ref_logps.pt", "round_2/pairs.jsonl"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, marker):
+    data = tmp_path / "data"
+    ref_run = tmp_path / "ref"
+    train(ref_run, "rounds=2", f"benchmark.data_dir={data}")
+    killed = tmp_path / "killed"
+    _kill_during(killed, marker, data)
+    train(killed, "rounds=2", f"benchmark.data_dir={data}")
+    for k in (0, 1, 2):
+        a = json.loads((ref_run / f"round_{k}" / "metrics.json").read_text())
+        b = json.loads((killed / f"round_{k}" / "metrics.json").read_text())
+        assert a["exec_acc"] == b["exec_acc"] and a["correct"] == b["correct"], k
+    for k in (1, 2):
+        assert (ref_run / f"round_{k}/pairs.jsonl").read_text() == (killed / f"round_{k}/pairs.jsonl").read_text()
+    assert not list(killed.rglob(".tmp-*"))
