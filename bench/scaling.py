@@ -137,7 +137,12 @@ def main() -> None:
                 print(f"skip n_train={p} samples={m}: projected {projected:.0f} s overruns the budget", flush=True)
                 continue
         extra = (f"+benchmark.options.n_train_pool={p}",) if p > POOL else ()
-        r = run_round(p, args.n_eval, m, args.model_path, extra=extra)
+        try:
+            r = run_round(p, args.n_eval, m, args.model_path, extra=extra)
+        except RuntimeError as e:
+            skipped.append({"n_train": p, "samples": m, "error": str(e)[-1500:]})
+            print(f"n_train={p} samples={m} failed: {str(e)[-500:]}", flush=True)
+            continue
         rows.append(r)
         print(f"n_train={p} samples={m}: " + " ".join(f"{s}={r[f'{s}_s']:.1f}s" for s in STAGES)
               + f" wall={r['wall_s']:.0f}s", flush=True)

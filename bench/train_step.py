@@ -1,6 +1,7 @@
 """One DPO+NLL training step: lutra vs TRL's DPOTrainer on the same model, batch, LoRA config and precision.
 
-    python bench/train_step.py [--models tiny,large] [--steps 8] [--warmup 2]     # writes bench/results/train_step.json
+    python bench/train_step.py [--models tiny,large] [--steps 8] [--warmup 2] [--large-steps 4]
+    # writes bench/results/train_step.json
 
 Batch: 8 preference pairs as one lutra round builds them (4 pairs for each of 2 mini_sql train problems on one
 database, schema prompts of ~210 tokens, completions of ~30), token ids identical for both (TRL is handed lutra's
@@ -276,6 +277,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--large-steps", type=int, default=4, help="steps for the large model (seconds each)")
+    ap.add_argument("--large-warmup", type=int, default=1)
     ap.add_argument("--worker")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -286,7 +289,8 @@ def main() -> None:
     shape = batch_shape(args.pairs)
     print(f"batch: {shape}")
     res = {"machine": common.machine(), "batch": shape, "settings": {
-        "pairs": args.pairs, "steps": args.steps, "warmup": args.warmup, "lr": LR, "beta": BETA, "clip": CLIP,
+        "pairs": args.pairs, "steps": args.steps, "warmup": args.warmup, "large_steps": args.large_steps,
+        "large_warmup": args.large_warmup, "lr": LR, "beta": BETA, "clip": CLIP,
         "lora": common.LORA, "precision": "fp32", "models": {m: common.MODELS[m] for m in args.models.split(",")},
         "nll_reduction": "token_mean"}, "impls": IMPLS, "agreement": [], "timing": []}
     for size in args.models.split(","):
@@ -295,7 +299,8 @@ def main() -> None:
         res["agreement"].append(a)
         rows = []
         for impl in args.impls.split(","):
-            r = _spawn({"impl": impl, "size": size, "pairs": args.pairs, "steps": args.steps, "warmup": args.warmup})
+            steps, warmup = (args.large_steps, args.large_warmup) if size == "large" else (args.steps, args.warmup)
+            r = _spawn({"impl": impl, "size": size, "pairs": args.pairs, "steps": steps, "warmup": warmup})
             r.update(model=size, impl=impl)
             rows.append(r)
             print(f"[{size}] {impl}: {r.get('step_s_median', r.get('error'))}", flush=True)
