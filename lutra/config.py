@@ -257,6 +257,9 @@ class TrainConfig:
     run_dir: str = MISSING
     """Where every artifact of the run lands; re-running with the same run_dir resumes."""
     eval_every_round: bool = True
+    sampler: str = "hf"
+    """Sampling backend for the train problems: hf (KV-shared sampler) | vllm | auto (vllm when it can run)."""
+    vllm_gpu_memory_utilization: float = 0.5
     resume: str = "auto"
     """auto: resume a run dir with the same config, refuse a changed one; force: resume despite changes."""
     log_level: str = "INFO"
@@ -264,6 +267,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.rounds >= 0, "rounds", f"must be >= 0, got {self.rounds}")
         _one_of(self.resume, "resume", ("auto", "force"))
+        _one_of(self.sampler, "sampler", ("hf", "vllm", "auto"))
+        _check(self.sampler == "hf" or self.method is MISSING or getattr(self.method, "adapter", "continue") == "continue",
+               "sampler", "vllm needs method.adapter=continue (it loads one adapter on the base)")
 
 
 def register_configs() -> None:

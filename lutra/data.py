@@ -151,12 +151,19 @@ def collate(items: list[dict], pad_id: int) -> dict:
     return batch
 
 
+def bucket_key(prompt_ids: list[int], prefix: int = 128) -> tuple:
+    """Sort key that groups rows by the opening of their prompt (a schema, a system prompt) and nothing finer:
+    a batch then shares that prefix (computed once) yet still mixes templates and questions, which keeps
+    the gradient diverse. Sorting by the whole prompt would fill a batch with near-identical questions."""
+    return tuple(prompt_ids[:prefix])
+
+
 class BucketSampler(torch.utils.data.Sampler):
     """Batches whose rows share a prompt prefix and have similar lengths, in a seeded order that changes per epoch.
 
-    Items are shuffled, then sorted by `keys` (prompt token ids, then length) within chunks of 32 batches, so a
-    batch mostly holds one prompt family (a schema, a problem): its shared prefix is computed once
-    (lutra.module.completion_logps) and there is little padding. Stateful (epoch + position): a resumed epoch
+    Items are shuffled, then stably sorted by `keys` (see `bucket_key`) within chunks of 32 batches, so a batch
+    mostly holds one prompt family (one database's schema) in random order: its shared prefix is computed once
+    (lutra.module.completion_logps). Stateful (epoch + position): a resumed epoch
     neither repeats nor skips batches.
     """
 
@@ -210,8 +217,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def __init__(self, enc: EncodedPairs, ref: torch.Tensor | None, batch_size: int, pad_id: int, seed: int):
         super().__init__()
         self.dataset = PairDataset(enc, ref)
-        keys = [(p, len(c) + len(r or [])) for p, c, r in zip(enc.prompts, enc.chosen, enc.rejected)]
-        self.sampler = BucketSampler(keys, batch_size, seed)
+        self.sampler = BucketSampler([bucket_key(p) for p in enc.prompts], batch_size, seed)
         self.pad_id = pad_id
 
     def train_dataloader(self) -> DataLoader:

@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lutra import benchmarks, execution
+from lutra import benchmarks, execution, vllm_backend
 from lutra.artifacts import fingerprint, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from lutra.config import ConfigError
 from lutra.data import PreferenceDataModule, encode_pairs, format_prompt, ordered_batches
@@ -112,12 +112,21 @@ class Loop:
         t0 = time.time()
         m = self.cfg.method
         model, tok = self.policy(k - 1)
-        texts, finished = generate(
-            model, tok, [self.prompt(p) for p in self.train_problems], n=m.samples_per_problem,
-            temperature=m.temperature, top_p=m.top_p, max_new_tokens=self.cfg.model.max_completion_len,
-            batch_size=m.sample_batch_size, seed=self.cfg.seed * 1000 + k, desc=f"round {k}: sample",
-            return_finished=True,
-        )
+        prompts = [self.prompt(p) for p in self.train_problems]
+        params = dict(n=m.samples_per_problem, temperature=m.temperature, top_p=m.top_p,
+                      max_new_tokens=self.cfg.model.max_completion_len, seed=self.cfg.seed * 1000 + k)
+        backend, why = vllm_backend.resolve(self.cfg.sampler)
+        self.run.manifest.setdefault("sampler", {})[str(k)] = {"backend": backend, "reason": why, **params}
+        if backend == "vllm":
+            from lutra.models import resolve_path
+
+            adapter = str(self.run.round_dir(k - 1) / "adapter") if k > 1 else None
+            texts, finished = vllm_backend.generate(
+                resolve_path(self.cfg.model, self.cfg.benchmark), adapter, tok, prompts, dtype=self.cfg.model.dtype,
+                lora_r=self.cfg.model.lora_r, gpu_memory_utilization=self.cfg.vllm_gpu_memory_utilization, **params)
+        else:
+            texts, finished = generate(model, tok, prompts, batch_size=m.sample_batch_size,
+                                       desc=f"round {k}: sample", return_finished=True, **params)
         records = [{"problem_id": p.id, "idx": j, "text": t, "finished": f}
                    for p, ts, fs in zip(self.train_problems, texts, finished) for j, (t, f) in enumerate(zip(ts, fs))]
         write_jsonl(path, records)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from lutra import benchmarks
 from lutra.artifacts import atomic_dir, write_json
-from lutra.data import BucketSampler, collate, encode_completion, encode_prompt, format_prompt
+from lutra.data import BucketSampler, bucket_key, collate, encode_completion, encode_prompt, format_prompt
 from lutra.models import fast_bf16
 from lutra.module import completion_logps
 
@@ -83,7 +83,7 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
-    sampler = BucketSampler([(r["prompt"], len(r["chosen"])) for r in records], t.warm_start_batch_size, seed)
+    sampler = BucketSampler([bucket_key(r["prompt"]) for r in records], t.warm_start_batch_size, seed)
     bf16 = fast_bf16("cpu")
     model.train()
     losses = []
