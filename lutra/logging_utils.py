@@ -3,12 +3,14 @@
 Train metrics are logged per optimizer step (continuing across rounds); round-level metrics (eval/*, pairs/*)
 carry a `round` axis. With wandb, the run id is written to `<run_dir>/wandb_id` before training starts, so a
 resumed run continues the same wandb run; `WANDB_MODE=offline` (or logger.mode=offline) needs no network.
+CSV files are written whatever the logger; wandb also gets the resolved config and a samples table with verdicts.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import random
 from pathlib import Path
 
 from lutra.config import to_dict
@@ -27,21 +29,45 @@ def _flat_numbers(d: dict, prefix: str) -> dict:
     return out
 
 
+def _new_wandb_id() -> str:
+    from wandb.sdk.lib.runid import generate_id  # wandb.util.generate_id is gone in wandb 0.31
+
+    return generate_id()
+
+
+def _verdict_text(v: dict | None) -> str:
+    if v is None:
+        return "gold"  # a chosen that is no sample: the ground truth (gold_as_chosen)
+    if v.get("correct"):
+        return "correct"
+    err = (v.get("error") or "").strip().splitlines()
+    return f"{v.get('status', 'wrong')}: {err[0][:200]}" if err else str(v.get("status", "wrong"))
+
+
 class RunLogger:
+    SAMPLES_PER_ROUND = 64
+
     def __init__(self, cfg, run):
-        self.cfg, self.run, self._pl = cfg, run, None
+        self.cfg, self.run, self._pl, self._wb = cfg, run, None, None
         self.kind = cfg.logger.name
 
     def lightning(self):
+        """The Trainer's logger(s): CSV always (lutra.report reads it), plus wandb when chosen."""
         if self._pl is not None or self.kind == "none":
             return self._pl or False
-        if self.kind == "csv":
-            from lightning.pytorch.loggers import CSVLogger
+        from lightning.pytorch.loggers import CSVLogger
 
-            self._pl = CSVLogger(save_dir=str(self.run.dir), name="logs", version="")
+        csv_logger = CSVLogger(save_dir=str(self.run.dir), name="logs", version="")
+        if self.kind == "csv":
+            self._pl = csv_logger
         else:
-            self._pl = self._wandb()
+            self._wb = self._wandb()
+            self._pl = [csv_logger, self._wb]
         return self._pl
+
+    def _experiment(self):
+        self.lightning()
+        return self._wb.experiment
 
     def _wandb(self):
         from lightning.pytorch.loggers import WandbLogger
@@ -51,9 +77,7 @@ class RunLogger:
         if id_file.exists():
             run_id = id_file.read_text().strip()
         else:
-            import wandb
-
-            run_id = wandb.util.generate_id()
+            run_id = _new_wandb_id()
             from lutra.artifacts import atomic_write_text
 
             atomic_write_text(id_file, run_id)
@@ -92,15 +116,23 @@ class RunLogger:
         nums = _flat_numbers({key: v for key, v in metrics.items() if key != "round"}, "eval/")
         self._merge_round(k, nums)
 
-    def log_pairs(self, k: int, pairs: list[dict], stats: dict) -> None:
+    def log_pairs(self, k: int, pairs: list[dict], stats: dict, samples: list[dict] = (),
+                  verdicts: list[dict] = ()) -> None:
+        """Round-level pair statistics; with wandb, a table of (problem, chosen, rejected, verdicts)."""
         self._merge_round(k, _flat_numbers(stats, "pairs/"))
         if self.kind == "wandb" and self.cfg.logger.log_samples and pairs:
             import wandb
 
-            table = wandb.Table(columns=["round", "problem_id", "chosen", "rejected"])
-            for p in pairs[:64]:
-                table.add_data(k, p["problem_id"], p["chosen"], p.get("rejected"))
-            self.lightning().experiment.log({"round": k, "samples/pairs": table})
+            by_text = {(s["problem_id"], s["text"]): v for s, v in zip(samples, verdicts)}
+            rows = random.Random(f"{self.cfg.seed}/{k}").sample(pairs, min(self.SAMPLES_PER_ROUND, len(pairs)))
+            table = wandb.Table(columns=["round", "problem_id", "prompt", "chosen", "chosen_verdict", "rejected",
+                                         "rejected_verdict"])
+            for p in sorted(rows, key=lambda p: p["problem_id"]):
+                rej = p.get("rejected")
+                table.add_data(k, p["problem_id"], p.get("prompt", ""), p["chosen"],
+                               _verdict_text(by_text.get((p["problem_id"], p["chosen"]))), rej,
+                               None if rej is None else _verdict_text(by_text.get((p["problem_id"], rej))))
+            self._experiment().log({"round": k, "samples/pairs": table})
 
     def _merge_round(self, k: int, metrics: dict) -> None:
         path = Path(self.run.dir) / "rounds.csv"
@@ -112,10 +144,10 @@ class RunLogger:
         merged.update(metrics)
         self._write_rounds_csv(k, merged)
         if self.kind == "wandb":
-            self.lightning().experiment.log({"round": k, **metrics})
+            self._experiment().log({"round": k, **metrics})
 
     def finish(self) -> None:
-        if self._pl is not None and self.kind == "wandb":
+        if self._wb is not None:
             import wandb
 
             wandb.finish()

@@ -171,7 +171,7 @@ class Loop:
             pr["prompt"] = self.prompt(self.by_id[pr["problem_id"]])
         write_jsonl(path, pairs)
         self.run.mark(k, "pair", path, time.time() - t0, **stats)
-        self.logger.log_pairs(k, pairs, stats)
+        self.logger.log_pairs(k, pairs, stats, samples, verdicts)
         return pairs
 
     def train(self, k: int, pairs: list[dict]) -> None:
