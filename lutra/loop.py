@@ -53,6 +53,10 @@ class Loop:
         self.train_problems = benchmarks.load(cfg.benchmark, cfg.benchmark.train_split)
         self.eval_problems = benchmarks.load(cfg.benchmark, cfg.benchmark.eval_split)
         self.by_id = {p.id: p for p in self.train_problems}
+        if cfg.benchmark.executor == "sql":  # a missing or corrupt database fails here, before any model loads
+            from lutra.benchmarks.sql_schema import check_databases
+
+            check_databases(self.train_problems + self.eval_problems)
         self.capabilities = execution.capabilities() if hasattr(execution, "capabilities") else {}
         self.run.manifest["capabilities"] = self.capabilities
         self.run.manifest["data"] = {"train": len(self.train_problems), "eval": len(self.eval_problems)}

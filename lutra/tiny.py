@@ -14,6 +14,7 @@ The directory is written atomically; `lutra_build.json` records the recipe, data
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import random
@@ -27,7 +28,6 @@ from lutra import benchmarks
 from lutra.artifacts import atomic_dir, write_json
 from lutra.data import BucketSampler, bucket_key, collate, encode_completion, encode_prompt, format_prompt
 from lutra.models import fast_bf16
-from lutra.module import completion_logps
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,41 @@ def _warmup_problems(bench_cfg, keep_rare: float, seed: int) -> list:
     return [p for p in problems if not p.meta.get("rare") or rng.random() < keep_rare]
 
 
+def lm_loss(model, batch: dict, pad_id: int) -> torch.Tensor:
+    """Language-model loss on every real token (schema, question and program), the prompt prefix that all rows
+    share (a database's schema) run once and counted once per row.
+
+    Predicting the question's table, column and value words from the schema above them is the copying skill
+    the programs need; supervising only the program gives the model far fewer of those signals per step.
+    """
+    from transformers import DynamicCache
+
+    from lutra.module import _body_and_head
+
+    ids, labels = batch["input_ids"], batch["labels"]
+    body, head, _ = _body_and_head(model)
+    rows = ids.shape[0]
+    lengths = (labels != pad_id).sum(-1)
+    same = int((ids == ids[:1]).all(0).long().cumprod(0).sum().item())
+    p = min(same, int(lengths.min().item()))
+    valid = labels != pad_id
+    total, count = 0.0, 0
+    if p >= 8 and rows > 1:
+        cache = DynamicCache()
+        kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+        h_prefix = body(input_ids=ids[:1, :p], use_cache=True, **{kw: cache}).last_hidden_state[0]
+        cache.batch_repeat_interleave(rows)
+        pos = torch.arange(p, ids.shape[1]).expand(rows, -1)
+        hidden = body(input_ids=ids[:, p:], position_ids=pos, use_cache=True, **{kw: cache}).last_hidden_state
+        prefix_nll = torch.nn.functional.cross_entropy(head(h_prefix).float(), labels[0, :p], reduction="sum")
+        total, count = prefix_nll * rows, p * rows
+        labels, valid = labels[:, p:], valid[:, p:]
+    else:
+        hidden = body(input_ids=ids).last_hidden_state
+    suffix = torch.nn.functional.cross_entropy(head(hidden[valid]).float(), labels[valid], reduction="sum")
+    return (total + suffix) / (count + int(valid.sum()))
+
+
 def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 0) -> dict:
     """Supervised training of all weights on (prompt, gold) pairs; returns loss statistics."""
     t = model_cfg.tiny
@@ -96,8 +131,7 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
             idx = next(batches)
         batch = collate([{"i": i, **records[i]} for i in idx], tok.pad_token_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # fp32 master weights, bf16 matmuls
-            logps, lengths = completion_logps(model, batch)  # shared schema prefix computed once per batch
-        loss = -logps.sum() / lengths.sum()
+            loss = lm_loss(model, batch, tok.pad_token_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -32,9 +32,12 @@ def main(cfg: DictConfig) -> float:
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     from lutra.loop import run
 
+    from lutra.artifacts import RunLockedError
+    from lutra.benchmarks import BenchmarkError
+
     try:
         return run(typed)
-    except ConfigError as e:
+    except (ConfigError, BenchmarkError, RunLockedError) as e:
         log.error("%s", e)
         raise SystemExit(2) from None
 
