@@ -30,10 +30,9 @@ def main(cfg: DictConfig) -> float:
     logging.getLogger().setLevel(typed.log_level)
     log.info("run directory: %s", typed.run_dir)
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
-    from lutra.loop import run
-
     from lutra.artifacts import RunLockedError
     from lutra.benchmarks import BenchmarkError
+    from lutra.loop import run
 
     try:
         return run(typed)
