@@ -20,13 +20,13 @@ REDUCED = [
     "model.tiny.num_heads=4", "model.tiny.num_kv_heads=2", "model.tiny.vocab_size=600",
     "method.samples_per_problem=3", "method.gold_as_chosen=true", "method.batch_size=8",
     "method.max_steps_per_round=3", "model.max_completion_len=24", "trainer=cpu", "logger=csv",
-    "trainer.enable_progress_bar=false",
+    "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
 ]
 
 
-def train(run_dir, *extra, check=True, env=None, **kw):
+def train(run_dir, *extra, check=True, models=None, **kw):
     cmd = [sys.executable, "-m", "lutra.train", f"hydra.run.dir={run_dir}", *REDUCED, *extra]
-    e = {**os.environ, "LUTRA_MODELS": str(Path(run_dir).parent / "models"), **(env or {})}
+    e = {**os.environ, "LUTRA_MODELS": str(models or Path(run_dir).parent / "models")}
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=e, timeout=600, **kw)
     if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
@@ -51,7 +51,9 @@ def test_one_full_round_writes_every_artifact_and_resumes(tmp_path):
     assert pairs and m["stages"]["round_1/pair"]["pairs"] == len(pairs)
     assert m["stages"]["round_1/train"]["steps"] >= 1
     ref = torch.load(r1 / "ref_logps.pt")
-    assert ref["logps"].shape == (len(pairs), 2)
+    used = m["stages"]["round_1/train"]["pairs_used"]
+    assert 1 <= used <= len(pairs) and ref["logps"].shape == (used, 2)
+    assert used + m["stages"]["round_1/train"]["dropped_completion_too_long"] == len(pairs)  # counted, not cut
     metrics = json.loads((r1 / "metrics.json").read_text())
     assert metrics["round"] == 1 and 0 <= metrics["exec_acc"] <= 100 and metrics["n"] == 24
     assert "tier" in metrics["groups"] and "rare" in metrics["groups"]
@@ -100,11 +102,11 @@ def test_bad_override_fails_before_any_model_loads(tmp_path):
     assert not (tmp_path / "models").exists() and not (run / "manifest.json").exists()
 
 
-def _kill_during(run, stage_marker, data_dir, extra=()):
+def _kill_during(run, stage_marker, data_dir, models):
     """Start a run, SIGKILL it once `stage_marker` (a file under the run dir) appears."""
     cmd = [sys.executable, "-m", "lutra.train", f"hydra.run.dir={run}", *REDUCED, "rounds=2",
-           f"benchmark.data_dir={data_dir}", *extra]
-    env = {**os.environ, "LUTRA_MODELS": str(Path(run).parent / "models")}
+           f"benchmark.data_dir={data_dir}"]
+    env = {**os.environ, "LUTRA_MODELS": str(models)}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
     while not (Path(run) / stage_marker).exists():
@@ -115,14 +117,19 @@ def _kill_during(run, stage_marker, data_dir, extra=()):
     proc.wait()
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uninterrupted")
+    train(root / "ref", "rounds=2", f"benchmark.data_dir={root / 'data'}", models=root / "models")
+    return root
+
+
 @pytest.mark.parametrize("marker", ["round_1/samples.jsonl", "round_1/ref_logps.pt", "round_2/pairs.jsonl"])
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, marker):
-    data = tmp_path / "data"
-    ref_run = tmp_path / "ref"
-    train(ref_run, "rounds=2", f"benchmark.data_dir={data}")
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, marker):
+    data, models, ref_run = uninterrupted / "data", uninterrupted / "models", uninterrupted / "ref"
     killed = tmp_path / "killed"
-    _kill_during(killed, marker, data)
-    train(killed, "rounds=2", f"benchmark.data_dir={data}")
+    _kill_during(killed, marker, data, models)
+    train(killed, "rounds=2", f"benchmark.data_dir={data}", models=models)
     for k in (0, 1, 2):
         a = json.loads((ref_run / f"round_{k}" / "metrics.json").read_text())
         b = json.loads((killed / f"round_{k}" / "metrics.json").read_text())
