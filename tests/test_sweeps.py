@@ -20,7 +20,14 @@ from lutra.config import register_configs, to_object
 ROOT = Path(__file__).resolve().parents[1]
 CONF, SWEEPS = ROOT / "conf", ROOT / "sweeps"
 SWEEP_FILES = sorted(SWEEPS.rglob("*.yaml"))
-HAS_OPTUNA = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+def _has(module: str) -> bool:
+    try:  # find_spec raises when the parent package (hydra_plugins) is not installed at all
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+HAS_OPTUNA = _has("hydra_plugins.hydra_optuna_sweeper")
 register_configs()
 
 # The reduced embedded default of tests/test_loop.py (tiny warm start, few problems, gold-as-chosen so a round
