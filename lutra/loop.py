@@ -76,11 +76,11 @@ class Loop:
         if self._policy_round == k:
             return self.model, self.tok
         adapter = None if k == 0 else str(self.run.round_dir(k) / "adapter")
-        torch.manual_seed(self.cfg.seed)  # LoRA initialisation of a new adapter
         if self.cfg.method.adapter == "fresh" and k > 0:
             model, tok = self._merged_policy(k)
         else:
-            model, tok = load_policy(self.cfg.model, self.cfg.benchmark, adapter, trainable=True, device=self.device)
+            model, tok = load_policy(self.cfg.model, self.cfg.benchmark, adapter, trainable=True, device=self.device,
+                                     seed=self.cfg.seed)
         self.model, self.tok, self._policy_round = model, tok, k
         return model, tok
 
@@ -93,6 +93,7 @@ class Loop:
         base = load_base(path, self.cfg.model, self.device)
         for j in range(1, k + 1):
             base = PeftModel.from_pretrained(base, str(self.run.round_dir(j) / "adapter")).merge_and_unload()
+        torch.manual_seed(self.cfg.seed)
         return get_peft_model(base, lora_config(self.cfg.model)), load_tokenizer(path, self.cfg.model)
 
     def prompt(self, p) -> str:

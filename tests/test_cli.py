@@ -21,7 +21,7 @@ def test_help_lists_groups_and_examples():
 
 
 def test_cfg_job_prints_composed_config_without_running(tmp_path):
-    p = lutra_train("method=dpo", "seed=3", "--cfg", "job", f"hydra.run.dir={tmp_path / 'never'}")
+    p = lutra_train("method=dpo", "seed=3", f"hydra.run.dir={tmp_path / 'never'}", "--cfg", "job")
     assert p.returncode == 0
     assert "name: dpo" in p.stdout and "nll_weight: 0.0" in p.stdout and "seed: 3" in p.stdout
     assert not (tmp_path / "never").exists()
