@@ -41,17 +41,18 @@ def default_model() -> str | None:
     return best[1] if best else None
 
 
-# `python -m lutra.train` with the proposed fix applied first: sampling and evaluation on a LoRA-merged copy
+# `python -m lutra.train` with a proposed fix applied to the loop's generate first (bench.common: merged_generate =
+# sample/evaluate on a LoRA-merged copy; grow_cache_generate = KV cache written in place, not concatenated)
 PATCHED = ("import runpy, sys; sys.path.insert(0, {root!r}); import lutra.loop as L; from bench import common; "
-           "L.generate = common.merged_generate(L.generate); sys.argv[0] = 'lutra.train'; "
+           "L.generate = common.{patch}(L.generate); sys.argv[0] = 'lutra.train'; "
            "runpy.run_module('lutra.train', run_name='__main__', alter_sys=True)")
 
 
 def run_round(n_train: int, n_eval: int, samples: int, model_path: str | None, profile: str | None = None,
-              extra: tuple[str, ...] = (), patch: bool = False) -> dict:
+              extra: tuple[str, ...] = (), patch: str | None = None) -> dict:
     """One `python -m lutra.train rounds=1` in a fresh run directory; the manifest's stage seconds and wall time."""
     with tempfile.TemporaryDirectory(prefix="bench-round-") as run_dir:
-        entry = ["-c", PATCHED.format(root=str(common.ROOT))] if patch else ["-m", "lutra.train"]
+        entry = ["-c", PATCHED.format(root=str(common.ROOT), patch=patch)] if patch else ["-m", "lutra.train"]
         cmd = [sys.executable] + (["-m", "cProfile", "-o", profile] if profile else []) + entry + [
             "rounds=1", "trainer=cpu", "logger=none", f"benchmark.n_train={n_train}",
             f"benchmark.n_eval={n_eval}", f"method.samples_per_problem={samples}", f"hydra.run.dir={run_dir}",
@@ -122,7 +123,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--model-path", default=default_model())
     ap.add_argument("--no-profile", action="store_true")
-    ap.add_argument("--no-patch", action="store_true", help="skip the round with the proposed fix (merged LoRA)")
+    ap.add_argument("--patches", default="grow_cache_generate,merged_generate",
+                    help="proposed fixes (bench.common functions) to run a round with; '' = none")
+    ap.add_argument("--out", default="round", help="results file name under bench/results/")
     ap.add_argument("extra", nargs="*", help="further lutra.train overrides")
     args = ap.parse_args()
     res = {"machine": common.machine(), "model_path": args.model_path}
@@ -133,10 +136,10 @@ def main() -> None:
                           {"stage": "round 0 evaluate (+ model load)", "seconds": r["round0_evaluate_s"]},
                           {"stage": "outside stages (imports, data, setup)", "seconds": r["outside_stages_s"]}],
                        ["stage", "seconds"], "{:.1f}"))
-    if not args.no_patch:
-        p = run_round(args.n_train, args.n_eval, args.samples, args.model_path, extra=tuple(args.extra), patch=True)
-        res["patched_round"] = p
-        print("proposed fix (sample/evaluate on a LoRA-merged copy):")
+    for patch in [x for x in args.patches.split(",") if x]:
+        p = run_round(args.n_train, args.n_eval, args.samples, args.model_path, extra=tuple(args.extra), patch=patch)
+        res.setdefault("patched_rounds", {})[patch] = p
+        print(f"proposed fix {patch}:")
         print(common.table([{"stage": s, "before_s": r[f"{s}_s"], "after_s": p[f"{s}_s"]} for s in STAGES]
                            + [{"stage": "round 1 total", "before_s": r["round1_s"], "after_s": p["round1_s"]},
                               {"stage": "round 0 evaluate", "before_s": r["round0_evaluate_s"],
@@ -150,7 +153,7 @@ def main() -> None:
             buf = io.StringIO()
             pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(20)
             print(buf.getvalue()[-6000:])
-    print(f"wrote {common.write_result('round', res)}")
+    print(f"wrote {common.write_result(args.out, res)}")
 
 
 if __name__ == "__main__":
