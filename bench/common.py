@@ -289,3 +289,8 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
+
+
+def merged_grow_cache_generate(generate):
+    """Both proposed fixes: a LoRA-merged copy, decoded with the in-place KV cache."""
+    return merged_generate(grow_cache_generate(generate))
