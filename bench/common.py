@@ -46,7 +46,12 @@ def mini_sql(n_warmup: int = 400):
     from lutra import benchmarks
     from lutra.config import BenchmarkConfig
 
-    cfg = BenchmarkConfig(name="mini_sql", n_warmup=n_warmup, data_dir=tempfile.mkdtemp(prefix="bench-mini_sql-"))
+    import atexit
+    import shutil
+
+    tmp = tempfile.mkdtemp(prefix="bench-mini_sql-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    cfg = BenchmarkConfig(name="mini_sql", n_warmup=n_warmup, data_dir=tmp)
     return cfg, {s: benchmarks.load(cfg, s) for s in ("warmup", "train", "eval")}
 
 
