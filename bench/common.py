@@ -43,11 +43,11 @@ def setup(threads: int | None = None) -> None:
 @cache
 def mini_sql(n_warmup: int = 400):
     """(BenchmarkConfig, {split: problems}) for mini_sql generated into a temporary directory (seed 0)."""
-    from lutra import benchmarks
-    from lutra.config import BenchmarkConfig
-
     import atexit
     import shutil
+
+    from lutra import benchmarks
+    from lutra.config import BenchmarkConfig
 
     tmp = tempfile.mkdtemp(prefix="bench-mini_sql-")
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
