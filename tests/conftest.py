@@ -12,7 +12,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 TEXTS = [
     "CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT, age INTEGER);",
-    "Which singers are from France? Give their names.",
+    'Which singers are from "France"? Give their names.',
     "SELECT name FROM singer WHERE country = 'France'",
     "SELECT COUNT(*) FROM singer WHERE age > 30",
     "How many singers are older than 30?",

@@ -28,7 +28,9 @@ def test_values_tokenize_the_same_in_question_and_sql(tokenizer):
     def toks(s):
         return tokenizer.convert_ids_to_tokens(tokenizer(s, add_special_tokens=False)["input_ids"])
 
-    assert "France" in toks("singers from France?") and "France" in toks("WHERE country = 'France'")
+    assert "France" in toks('singers from "France"?') and "France" in toks("WHERE country = 'France'")
+    number = toks("older than 30?")[-3:-1]
+    assert number == toks("WHERE age > 30")[-2:] and len(number) == 2  # digits single, space joined to the first
 
 
 def test_collate_prompt_is_exact_prefix_eos_present_mask_on_completion(tokenizer, model_cfg):

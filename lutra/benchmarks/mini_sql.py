@@ -17,7 +17,7 @@ comparisons, BETWEEN, AND, COUNT, AVG/MAX/MIN/SUM, DISTINCT, GROUP BY, HAVING, O
 filter, JOIN + GROUP BY and nested IN / NOT IN / AVG subqueries. They are schema-driven: every table declares
 its name, category (text) and numeric columns and its foreign keys, so every template instantiates on every
 domain. Each has 3-4 paraphrased wordings and exactly one canonical SQL style (uppercase keywords, single spaces,
-`T1`/`T2` aliases in joins). Values are copied verbatim: `... whose country is France` -> `country = 'France'`,
+`T1`/`T2` aliases in joins). Values are copied verbatim: `... whose country is "France"` -> `country = 'France'`,
 `... greater than 30` -> `age > 30`. Slot values are drawn from the database rows and every gold is executed at
 generation: it returns 1-300 rows, no all-NULL row, no zero count, no tie within or at a LIMIT. Tiers follow
 Spider's hardness (easy / medium / hard / extra) by the number of SQL components.
@@ -52,7 +52,7 @@ from typing import NamedTuple
 
 from lutra.benchmarks import BenchmarkError, Problem
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 SPLITS = ("eval", "train", "warmup")
 """Generation order: eval first, so its combinations are reserved before train and warmup draw theirs."""
 N_TRAIN_POOL = 600
@@ -394,7 +394,8 @@ class Cond(NamedTuple):
         return f"{alias}{self.col.name} {self.op} {v}"
 
     def text(self, rng: random.Random) -> str:
-        return rng.choice(_PHRASES[self.op]).format(c=self.col.words, v=self.value)
+        v = f'"{self.value}"' if isinstance(self.value, str) else self.value  # quoted, as many Spider questions
+        return rng.choice(_PHRASES[self.op]).format(c=self.col.words, v=v)
 
     @property
     def key(self) -> tuple:
