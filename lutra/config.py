@@ -81,17 +81,20 @@ class TinyModelConfig:
     num_heads: int = 8
     num_kv_heads: int = 4
     max_position_embeddings: int = 1024
-    warm_start_steps: int = 1500
+    warm_start_steps: int = 800
     """Supervised steps on the benchmark's warm-up problems (disjoint from train and eval)."""
     warm_start_batch_size: int = 32
     warm_start_lr: float = 2e-3
-    rare_templates_keep: float = 0.03
+    warm_start_program_weight: float = 16.0
+    """Weight of a program token against a prompt token in the warm-start loss (the prompt is supervised too)."""
+    rare_templates_keep: float = 0.25
     """Fraction of warm-up problems kept for the benchmark's `rare` templates (mini_sql): a weak-on-target base."""
 
     def __post_init__(self) -> None:
         _check(self.hidden_size % self.num_heads == 0, "model.tiny.hidden_size", "must be divisible by num_heads")
         _check(self.num_heads % self.num_kv_heads == 0, "model.tiny.num_kv_heads", "must divide num_heads")
         _check(self.warm_start_steps >= 0, "model.tiny.warm_start_steps", "must be >= 0")
+        _check(self.warm_start_program_weight > 0, "model.tiny.warm_start_program_weight", "must be > 0")
         _check(0.0 <= self.rare_templates_keep <= 1.0, "model.tiny.rare_templates_keep", "must be in [0, 1]")
 
 

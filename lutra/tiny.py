@@ -1,12 +1,13 @@
 """Building `model=tiny`: a small Llama trained here, then saved and loaded like any hub model.
 
-1. Tokenizer: byte-level BPE (the `tokenizers` library) trained on the benchmark's own text. Whitespace and
-   punctuation are split off and digits are single tokens, so a value is the same token sequence in the
-   question and in the SQL literal (`from France` / `= 'France'`): copying values stays learnable.
+1. Tokenizer: byte-level BPE (the `tokenizers` library) trained on the benchmark's own text. Pre-tokens are
+   words, single digits and single punctuation marks, each carrying the space before it (`PRE_TOKENS`), so a
+   number (`than 30` / `> 30`) and a quoted text value (`is "France"` / `= 'France'`) are the same token
+   sequence in the question and in the SQL literal: copying values stays learnable.
    Saved as a `PreTrainedTokenizerFast` with BOS/EOS/PAD and a chat template.
 2. Model: `LlamaForCausalLM` from a `LlamaConfig`, dropout 0, tied embeddings.
 3. Warm start: a short supervised fine-tuning (all weights) on the benchmark's `warmup` split, gold programs
-   disjoint from train and eval. The benchmark's `rare` templates are kept only with probability
+   disjoint from train and eval, with a language-model loss on prompt and program, program tokens weighted. The benchmark's `rare` templates are kept only with probability
    `tiny.rare_templates_keep`, so the base is capable (SQL syntax, schema reading, value copying) but weak on
    some of the target task's own patterns: the paper's regime, where refinement has something to learn.
 The directory is written atomically; `lutra_build.json` records the recipe, data counts and the warm-start loss.
@@ -31,6 +32,10 @@ from lutra.models import fast_bf16
 
 log = logging.getLogger(__name__)
 
+PRE_TOKENS = r" ?[A-Za-z_]+| ?[0-9]| ?[^\sA-Za-z0-9_]|\s+"
+"""GPT-2-like pre-tokens: a word, one digit or one punctuation mark, each with the space before it; whitespace
+runs alone. A space joins the next token (about 40% fewer tokens than isolated spaces), digits stay single and a
+quoted value is the same tokens in a question (`"New York"`) and in SQL (`'New York'`)."""
 SPECIAL = ["<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
@@ -45,9 +50,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\s+"), behavior="isolated"),
-        pre_tokenizers.Punctuation(behavior="isolated"),
-        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Split(Regex(PRE_TOKENS), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tk.decoder = decoders.ByteLevel()
@@ -69,12 +72,14 @@ def _warmup_problems(bench_cfg, keep_rare: float, seed: int) -> list:
     return [p for p in problems if not p.meta.get("rare") or rng.random() < keep_rare]
 
 
-def lm_loss(model, batch: dict, pad_id: int) -> torch.Tensor:
+def lm_loss(model, batch: dict, pad_id: int, program_weight: float = 1.0) -> torch.Tensor:
     """Language-model loss on every real token (schema, question and program), the prompt prefix that all rows
-    share (a database's schema) run once and counted once per row.
+    share (a database's schema) run once and counted once per row; a program token weighs `program_weight`
+    prompt tokens (a weighted mean over tokens).
 
-    Predicting the question's table, column and value words from the schema above them is the copying skill
-    the programs need; supervising only the program gives the model far fewer of those signals per step.
+    Predicting the question's table, column and value words from the schema above them exercises the reading
+    the programs need, but the prompt outnumbers the program ~6:1 in tokens; weighting program tokens 16x
+    (conf/model/tiny.yaml) took a 600-step base from 6.8% to 28.4%+ EX (measured, mini_sql seed 0).
     """
     from transformers import DynamicCache
 
@@ -83,11 +88,12 @@ def lm_loss(model, batch: dict, pad_id: int) -> torch.Tensor:
     ids, labels = batch["input_ids"], batch["labels"]
     body, head, _ = _body_and_head(model)
     rows = ids.shape[0]
-    lengths = (labels != pad_id).sum(-1)
-    same = int((ids == ids[:1]).all(0).long().cumprod(0).sum().item())
-    p = min(same, int(lengths.min().item()))
     valid = labels != pad_id
-    total, count = 0.0, 0
+    weight = (1.0 + (program_weight - 1.0) * batch["loss_mask"].float()) * valid
+    # the prefix's inputs and its labels (the next tokens) must be the same in every row
+    same = int((ids == ids[:1]).all(0).long().cumprod(0).sum().item())
+    p = min(same - 1, int(valid.sum(-1).min().item()))
+    total, count = 0.0, 0.0
     if p >= 8 and rows > 1:
         cache = DynamicCache()
         kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
@@ -95,13 +101,13 @@ def lm_loss(model, batch: dict, pad_id: int) -> torch.Tensor:
         cache.batch_repeat_interleave(rows)
         pos = torch.arange(p, ids.shape[1]).expand(rows, -1)
         hidden = body(input_ids=ids[:, p:], position_ids=pos, use_cache=True, **{kw: cache}).last_hidden_state
-        prefix_nll = torch.nn.functional.cross_entropy(head(h_prefix).float(), labels[0, :p], reduction="sum")
-        total, count = prefix_nll * rows, p * rows
-        labels, valid = labels[:, p:], valid[:, p:]
+        nll = torch.nn.functional.cross_entropy(head(h_prefix).float(), labels[0, :p], reduction="none")
+        total, count = (nll * weight[0, :p]).sum() * rows, weight[0, :p].sum() * rows
+        labels, valid, weight = labels[:, p:], valid[:, p:], weight[:, p:]
     else:
         hidden = body(input_ids=ids).last_hidden_state
-    suffix = torch.nn.functional.cross_entropy(head(hidden[valid]).float(), labels[valid], reduction="sum")
-    return (total + suffix) / (count + int(valid.sum()))
+    nll = torch.nn.functional.cross_entropy(head(hidden[valid]).float(), labels[valid], reduction="none")
+    return (total + (nll * weight[valid]).sum()) / (count + weight[valid].sum())
 
 
 def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 0) -> dict:
@@ -131,7 +137,7 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
             idx = next(batches)
         batch = collate([{"i": i, **records[i]} for i in idx], tok.pad_token_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # fp32 master weights, bf16 matmuls
-            loss = lm_loss(model, batch, tok.pad_token_id)
+            loss = lm_loss(model, batch, tok.pad_token_id, t.warm_start_program_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
