@@ -118,77 +118,23 @@ def merged_generate(generate):
     return wrapper
 
 
-def grow_cache_class():
-    """A DynamicCache whose layers write new keys/values into preallocated buffers (grown by 128 positions when
-    full) instead of torch.cat-ing the whole cache at every decoding step: O(T) copying per sequence, not O(T^2).
-    The attention sees views of the filled part, so the arithmetic is the same."""
-    import torch
-    from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
-
-    class GrowLayer(DynamicLayer):
-        chunk = 128
-
-        def _view(self):
-            self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
-
-        def _reserve(self, need: int) -> None:
-            if need <= self._k.shape[2]:
-                return
-            cap = need + self.chunk
-            k = self._k.new_empty(*self._k.shape[:2], cap, self._k.shape[3])
-            v = self._v.new_empty(*self._v.shape[:2], cap, self._v.shape[3])
-            k[:, :, : self._n], v[:, :, : self._n] = self._k[:, :, : self._n], self._v[:, :, : self._n]
-            self._k, self._v = k, v
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                self._k, self._v, self._n = key_states[:, :, :0], value_states[:, :, :0], 0
-            t = key_states.shape[2]
-            self._reserve(self._n + t)
-            self._k[:, :, self._n : self._n + t] = key_states
-            self._v[:, :, self._n : self._n + t] = value_states
-            self._n += t
-            self._view()
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self._n if self.is_initialized else 0
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            if self.get_seq_length() > 0:
-                self._k, self._v = self._k.repeat_interleave(repeats, 0), self._v.repeat_interleave(repeats, 0)
-                self._view()
-
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if self.get_seq_length() > 0:
-                self._k, self._v = self._k[indices], self._v[indices]
-                self._view()
-
-    class GrowCache(DynamicCache):
-        def __init__(self, *args, **kwargs):
-            Cache.__init__(self, layer_class_to_replicate=GrowLayer)
-
-    return GrowCache
-
-
-def grow_cache_generate(generate):
-    """`generate` (lutra.sampling.generate) with transformers.DynamicCache swapped for grow_cache_class() during
-    the call: the proposed fix for the per-step KV-cache concatenation in lutra.sampling."""
+def concat_cache_generate(generate):
+    """`generate` (lutra.sampling.generate) with its growing KV cache swapped for transformers' DynamicCache, which
+    concatenates the whole cache at every decoding step: the sampler as it was before the fix, for comparison."""
     import functools
 
     import transformers
 
-    cls = grow_cache_class()
+    import lutra.sampling as S
 
     @functools.wraps(generate)
     def wrapper(*args, **kwargs):
-        orig = transformers.DynamicCache
-        transformers.DynamicCache = cls
+        orig = S._growing_cache_class
+        S._growing_cache_class = lambda: transformers.DynamicCache
         try:
             return generate(*args, **kwargs)
         finally:
-            transformers.DynamicCache = orig
+            S._growing_cache_class = orig
 
     return wrapper
 
@@ -294,8 +240,3 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
-
-
-def merged_grow_cache_generate(generate):
-    """Both proposed fixes: a LoRA-merged copy, decoded with the in-place KV cache."""
-    return merged_generate(grow_cache_generate(generate))

@@ -42,7 +42,7 @@ def default_model() -> str | None:
 
 
 # `python -m lutra.train` with a proposed fix applied to the loop's generate first (bench.common: merged_generate =
-# sample/evaluate on a LoRA-merged copy; grow_cache_generate = KV cache written in place, not concatenated)
+# sample/evaluate on a LoRA-merged copy; concat_cache_generate = the KV cache concatenated per step, as before the fix)
 PATCHED = ("import runpy, sys; sys.path.insert(0, {root!r}); import lutra.loop as L; from bench import common; "
            "L.generate = common.{patch}(L.generate); sys.argv[0] = 'lutra.train'; "
            "runpy.run_module('lutra.train', run_name='__main__', alter_sys=True)")
@@ -123,8 +123,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--model-path", default=default_model())
     ap.add_argument("--no-profile", action="store_true")
-    ap.add_argument("--patches", default="grow_cache_generate,merged_generate",
-                    help="proposed fixes (bench.common functions) to run a round with; '' = none")
+    ap.add_argument("--patches", default="concat_cache_generate,merged_generate",
+                    help="variants of the loop's generate (bench.common functions) to run a round with; '' = none")
     ap.add_argument("--out", default="round", help="results file name under bench/results/")
     ap.add_argument("extra", nargs="*", help="further lutra.train overrides")
     args = ap.parse_args()

@@ -89,23 +89,23 @@ def lora_rows(model, tok, prompts, args, which, plen) -> list[dict]:
         return []
     policy = get_peft_model(model, common.lora_config()).eval()
     merged = common.merged_generate(lambda m, *a, **k: run_lutra(m, *a, **k))
-    grow = common.grow_cache_generate(run_lutra)
+    concat = common.concat_cache_generate(run_lutra)
     out = []
     for n in map(int, args.lora_n.split(",")):
         row = {"model": ("random tiny" if which == "random" else Path(which).name) + " + LoRA",
                "prompt_tokens": round(plen), "prompts": len(prompts), "n": n}
-        for impl, fn in (("lutra", run_lutra), ("lutra_merged", merged), ("lutra_growcache", grow), ("hf", run_hf)):
+        for impl, fn in (("lutra", run_lutra), ("lutra_merged", merged), ("lutra_concat", concat), ("hf", run_hf)):
             s, k = min((fn(policy, tok, prompts, n, args.max_new) for _ in range(args.repeats)),
                        key=lambda r: r[0] / max(1, r[1]))
             row.update({f"{impl}_s": s, f"{impl}_tokens": k, f"{impl}_tok_s": k / s})
         row["speedup"] = row["lutra_tok_s"] / row["hf_tok_s"]
         row["merged_speedup"] = row["lutra_merged_tok_s"] / row["lutra_tok_s"]
-        row["growcache_speedup"] = row["lutra_growcache_tok_s"] / row["lutra_tok_s"]
+        row["growcache_speedup"] = row["lutra_tok_s"] / row["lutra_concat_tok_s"]
         import lutra.sampling as S
 
         kw = dict(n=n, temperature=TEMPERATURE, top_p=TOP_P, max_new_tokens=args.max_new, seed=0, progress=False)
         row["growcache_same_texts"] = (S.generate(policy, tok, prompts, **kw)
-                                       == common.grow_cache_generate(S.generate)(policy, tok, prompts, **kw))
+                                       == common.concat_cache_generate(S.generate)(policy, tok, prompts, **kw))
         out.append(row)
         print(common.table([row], list(row)), flush=True)
     return out
@@ -151,7 +151,7 @@ def main() -> None:
             print(common.table([row], list(row)), flush=True)
         rows += lora_rows(model, tok, prompts, args, which, plen)
     print(common.table(rows, ["model", "prompt_tokens", "n", "lutra_tok_s", "hf_tok_s", "speedup", "lutra_tokens",
-                              "hf_tokens", "lutra_merged_tok_s", "merged_speedup", "lutra_growcache_tok_s",
+                              "hf_tokens", "lutra_merged_tok_s", "merged_speedup", "lutra_concat_tok_s",
                               "growcache_speedup"]))
     path = common.write_result(args.out, {
         "machine": common.machine(), "settings": {"temperature": TEMPERATURE, "top_p": TOP_P, "top_k_hf": 0,
