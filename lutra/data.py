@@ -3,19 +3,30 @@
 Boundary rules (tested in tests/test_data.py and tests/test_chat_templates.py):
 - the prompt is rendered once (chat template when the tokenizer has one) and tokenized without adding special
   tokens, then exactly one BOS is ensured at the front when the tokenizer uses one;
-- a completion is tokenized on its own and EOS is appended, so the prompt ids are an exact prefix of every
-  training sequence and the boundary is the one generation sees (sampling feeds the same prompt ids);
+- a completion is the chat template's own rendering of the assistant turn: what follows the generation prompt,
+  up to and including the token that closes the turn (`CompletionLayout`, derived once per tokenizer from the
+  template: `<end_of_turn>` for Gemma, `\\n...\\n<|EOT|>` for DeepSeek-Coder); without a template, the answer + EOS.
+  It is tokenized after the prompt, so the prompt ids are an exact prefix of every training sequence and the
+  boundary is the one generation sees (sampling feeds the same prompt ids and stops at the same token);
 - a pair whose prompt or completion exceeds the model's limits is dropped and counted, never truncated.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import weakref
 from dataclasses import dataclass, field
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+
+def _uses_template(tokenizer, model_cfg=None) -> bool:
+    return (model_cfg is None or model_cfg.use_chat_template) and bool(getattr(tokenizer, "chat_template", None))
 
 
 def format_prompt(tokenizer, user_message: str, model_cfg) -> str:
@@ -23,7 +34,7 @@ def format_prompt(tokenizer, user_message: str, model_cfg) -> str:
 
     A template that rejects the system role (Gemma) gets the system prompt at the top of the user turn instead.
     """
-    if model_cfg.use_chat_template and getattr(tokenizer, "chat_template", None):
+    if _uses_template(tokenizer, model_cfg):
         from jinja2.exceptions import TemplateError
 
         user = {"role": "user", "content": user_message}
@@ -55,18 +66,96 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def encode_completion(tokenizer, completion: str, prompt: str | None = None) -> list[int]:
-    """Completion ids + EOS. With the prompt text, the ids are those of the completion inside prompt+completion
-    tokenized as one text (what the model reads after the prompt): SentencePiece tokenizers with a dummy prefix
-    tokenize a text alone differently at its start. Falls back to the completion alone when the joint
-    tokenization does not keep the prompt's ids as a prefix (a merge across the boundary)."""
+@dataclass(frozen=True)
+class CompletionLayout:
+    """How an answer becomes a training completion: `prefix + answer + suffix`, then the `stop_id` token.
+
+    Derived from the chat template (`completion_layout`): `prefix` is what the template writes between the
+    generation prompt and the answer, `suffix + <stop>` what closes the turn up to its first special token.
+    Gemma: "", "", <end_of_turn>; DeepSeek-Coder: "\\n", "\\n", <|EOT|>; Llama-3: "", "", <|eot_id|>.
+    Without a template: "", "", EOS. Generation stops at `stop_id` (lutra.sampling, lutra.vllm_backend).
+    """
+
+    prefix: str = ""
+    suffix: str = ""
+    stop_id: int | None = None
+
+
+_PROBE_QUESTION = "lutra probe question"
+_PROBE_ANSWER = "lutra_probe_answer_2f9c"
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (chat_template, layout)
+
+
+def _special_tokens(tokenizer) -> set[str]:
+    out = {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    out |= {t.content for t in added.values() if getattr(t, "special", False)}
+    return {t for t in out if t}
+
+
+def _derive_layout(tokenizer) -> CompletionLayout | None:
+    """The assistant turn as the template renders it, from a conversation whose answer is a probe string:
+    the text after the rendered generation prompt, split around the probe and cut after the first special
+    token. None (with a warning) where the template does not render that way."""
+    user = [{"role": "user", "content": _PROBE_QUESTION}]
+    try:
+        gen = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": _PROBE_ANSWER}],
+                                             tokenize=False)
+    except Exception as e:  # noqa: BLE001 - any template error: fall back to answer + EOS
+        log.warning("chat template cannot render an assistant turn (%s): completions end with EOS", e)
+        return None
+    if not full.startswith(gen) or _PROBE_ANSWER not in full[len(gen) :]:
+        log.warning("chat template's assistant turn does not follow its generation prompt: completions end with EOS")
+        return None
+    prefix, after = full[len(gen) :].split(_PROBE_ANSWER, 1)
+    hits = [(after.find(t), -len(t), t) for t in _special_tokens(tokenizer) if t in after]
+    if not hits:
+        log.warning("chat template closes an assistant turn with no special token: completions end with EOS")
+        return None
+    pos, _, stop = min(hits)  # the first special token after the answer (the longest where several start there)
+    return CompletionLayout(prefix, after[:pos], tokenizer.convert_tokens_to_ids(stop))
+
+
+def completion_layout(tokenizer, model_cfg=None) -> CompletionLayout:
+    """The tokenizer's completion layout (cached per tokenizer and template); answer + EOS where no chat template
+    is used (none on the tokenizer, or model_cfg.use_chat_template false)."""
+    eos = CompletionLayout(stop_id=getattr(tokenizer, "eos_token_id", None))
+    if not _uses_template(tokenizer, model_cfg):
+        return eos
+    template = tokenizer.chat_template
+    try:
+        cached = _LAYOUTS.get(tokenizer)
+    except TypeError:  # not weak-referenceable: derive every time
+        cached = None
+    if cached is not None and cached[0] == template:
+        return cached[1]
+    layout = _derive_layout(tokenizer) or eos
+    try:
+        _LAYOUTS[tokenizer] = (template, layout)
+    except TypeError:
+        pass
+    return layout
+
+
+def encode_completion(tokenizer, completion: str, prompt: str | None = None,
+                      layout: CompletionLayout | None = None) -> list[int]:
+    """Ids of the assistant turn `layout.prefix + completion + layout.suffix`, then `layout.stop_id` (default
+    layout: the tokenizer's own, `completion_layout(tokenizer)`; answer + EOS without a template). The stop token
+    is special, so text never merges across it: appending its id equals tokenizing the whole rendered turn.
+    With the prompt text, the ids are those of the turn inside prompt+turn tokenized as one text (what the model
+    reads after the prompt): SentencePiece tokenizers with a dummy prefix tokenize a text alone differently at
+    its start. Falls back to the turn alone when the joint tokenization does not keep the prompt's ids as a
+    prefix (a merge across the boundary)."""
+    layout = layout if layout is not None else completion_layout(tokenizer)
+    text = layout.prefix + completion + layout.suffix
     if prompt is not None:
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        joint = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+        joint = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
         if joint[: len(p)] == p:
-            return joint[len(p) :] + [tokenizer.eos_token_id]
-    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id]
+            return joint[len(p) :] + [layout.stop_id]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids + [layout.stop_id]
 
 
 @dataclass
@@ -85,6 +174,7 @@ class EncodedPairs:
 def encode_pairs(tokenizer, records: list[dict], model_cfg, *, with_rejected: bool = True) -> EncodedPairs:
     out = EncodedPairs()
     prompt_cache: dict[str, list[int]] = {}
+    layout = completion_layout(tokenizer, model_cfg)
     for i, r in enumerate(records):
         p = prompt_cache.get(r["prompt"])
         if p is None:
@@ -92,9 +182,9 @@ def encode_pairs(tokenizer, records: list[dict], model_cfg, *, with_rejected: bo
         if len(p) > model_cfg.max_prompt_len:
             out.dropped_prompt_too_long += 1
             continue
-        c = encode_completion(tokenizer, r["chosen"], r["prompt"])
-        rj = encode_completion(tokenizer, r["rejected"], r["prompt"]) if with_rejected else None
-        limit = model_cfg.max_completion_len + 1  # + EOS
+        c = encode_completion(tokenizer, r["chosen"], r["prompt"], layout)
+        rj = encode_completion(tokenizer, r["rejected"], r["prompt"], layout) if with_rejected else None
+        limit = model_cfg.max_completion_len + 1  # + the stop token (generation's max_new_tokens excludes it)
         if len(c) > limit or (rj is not None and len(rj) > limit):
             out.dropped_completion_too_long += 1
             continue
@@ -122,7 +212,7 @@ class PairDataset(Dataset):
 def collate(items: list[dict], pad_id: int) -> dict:
     """Chosen and rejected sequences of B pairs stacked into one (2B, T) batch: one forward pass for both.
 
-    labels are the next tokens, mask is 1 exactly on completion tokens (EOS included).
+    labels are the next tokens, mask is 1 exactly on completion tokens (the stop token included).
     """
     seqs, masks = [], []
     for key in ("chosen", "rejected"):

@@ -15,7 +15,7 @@ import functools
 import torch
 from tqdm.auto import tqdm
 
-from lutra.data import encode_prompt
+from lutra.data import completion_layout, encode_prompt
 
 
 def _sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
@@ -157,7 +157,8 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: f
     model.eval()
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
-    eos_ids = {tokenizer.eos_token_id}
+    eos_ids = {tokenizer.eos_token_id, completion_layout(tokenizer).stop_id}  # + the template's turn end
+    eos_ids.discard(None)
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if gen_eos is not None:
         eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])

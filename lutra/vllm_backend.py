@@ -91,8 +91,11 @@ def sampling_kwargs(*, n: int, temperature: float, top_p: float, max_new_tokens:
 
 
 def stop_token_ids(tokenizer, model_path: str | None = None) -> set[int]:
-    """EOS of the tokenizer plus the checkpoint's generation_config eos ids (e.g. Llama-3's <|eot_id|>)."""
-    ids = {tokenizer.eos_token_id}
+    """EOS of the tokenizer, the chat template's turn end (lutra.data.completion_layout, e.g. Gemma's
+    <end_of_turn>) and the checkpoint's generation_config eos ids (e.g. Llama-3's <|eot_id|>)."""
+    from lutra.data import completion_layout
+
+    ids = {tokenizer.eos_token_id, completion_layout(tokenizer).stop_id}
     if model_path is not None:
         try:
             from transformers import GenerationConfig

@@ -4,9 +4,9 @@ Each family is a byte-level or SentencePiece-style BPE trained on a few lines, g
 special tokens, BOS/EOS settings and real chat template (transcribed from the tokenizer_config.json files
 on the hub), saved with save_pretrained, and loaded back through lutra.models.load_tokenizer as a hub
 tokenizer is. The checks follow the anchors' checklist (research/anchors.md, B.5): the prompt is an exact prefix
-of every training sequence, exactly one BOS, EOS ends every completion, the system prompt appears once.
-The xfail(strict) cases are real gaps in lutra.data; each turns into a failure the moment it is fixed, so
-the mark comes off with the fix.
+of every training sequence, exactly one BOS, the completion is the template's own assistant turn and ends with
+the token that closes it (EOS without a template), which is also where the sampler stops, the system prompt
+appears once.
 """
 
 from __future__ import annotations
@@ -186,8 +186,9 @@ def _sequences(tok, enc) -> list[list[int]]:
     return [full[i, :n].tolist() for i, n in enumerate(lengths)]
 
 
-def _xfail(name, reason):
-    return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
+def _stop_id(tok, fam) -> int:
+    """The token the template closes an assistant turn with; EOS for a model without a template."""
+    return tok.convert_tokens_to_ids(fam.turn_end) if fam.template else tok.eos_token_id
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -228,26 +229,20 @@ def test_exactly_one_bos_where_the_model_uses_one(tokenizers, name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_eos_ends_every_completion_and_is_inside_the_loss(tokenizers, name):
-    tok = tokenizers[name]
+def test_turn_end_ends_every_completion_and_is_inside_the_loss(tokenizers, name):
+    tok, fam = tokenizers[name], FAMILIES[name]
+    stop = _stop_id(tok, fam)  # EOS, or the template's own turn end (Gemma: <end_of_turn>, not <eos>)
     _, enc = _pairs(tok, _model_cfg())
     for comp in (enc.chosen[0], enc.rejected[0]):
-        assert comp[-1] == tok.eos_token_id and comp.count(tok.eos_token_id) == 1
+        assert comp[-1] == stop and comp.count(stop) == 1
     b = collate([{"i": 0, "prompt": enc.prompts[0], "chosen": enc.chosen[0], "rejected": enc.rejected[0]}],
                 tok.pad_token_id)
     row = b["loss_mask"][0].nonzero().squeeze(-1)
-    assert b["labels"][0, row[-1]].item() == tok.eos_token_id  # the model is trained to stop
+    assert b["labels"][0, row[-1]].item() == stop  # the model is trained to stop
     assert len(row) == len(enc.chosen[0])
 
 
-@pytest.mark.parametrize("name", [
-    "llama3", "chatml",
-    _xfail("gemma", "lutra ends completions with tokenizer.eos_token (<eos>) while Gemma's template closes an "
-                    "assistant turn with <end_of_turn>: needs a per-model completion terminator"),
-    _xfail("deepseek", "DeepSeek's generation prompt ends '### Response:' but its assistant turn is "
-                       "'### Response:\\n{content}\\n<|EOT|>': lutra trains on the content with no newline on "
-                       "either side (the sampler also strips the newline the model generates)"),
-])
+@pytest.mark.parametrize("name", CHAT)
 def test_completion_is_the_templates_own_assistant_turn(tokenizers, name):
     """Training sequence == the template's rendering of the conversation with the answer, up to its turn end."""
     tok, fam = tokenizers[name], FAMILIES[name]
@@ -266,13 +261,66 @@ def test_completion_is_the_templates_own_assistant_turn(tokenizers, name):
     *FAMILIES,
 ])
 def test_completion_tokens_are_those_of_the_joint_text(tokenizers, name):
-    """Completion ids equal the tail of tokenizing prompt + completion as one text (what the model reads)."""
-    tok = tokenizers[name]
+    """Completion ids equal the tail of tokenizing prompt + completion as one text (what the model reads); the
+    completion text is the template's assistant turn up to its closing token (the answer alone without one)."""
+    tok, fam = tokenizers[name], FAMILIES[name]
     prompt, enc = _pairs(tok, _model_cfg())
-    joint = tok(prompt + CHOSEN, add_special_tokens=False)["input_ids"]
+    turn = CHOSEN
+    if fam.template:
+        full = tok.apply_chat_template([{"role": "user", "content": QUESTION}, {"role": "assistant", "content": CHOSEN}],
+                                       tokenize=False)
+        turn = full[len(prompt):].split(fam.turn_end)[0]  # DeepSeek: "\n" + CHOSEN + "\n"
+    joint = tok(prompt + turn, add_special_tokens=False)["input_ids"]
     alone_prompt = tok(prompt, add_special_tokens=False)["input_ids"]
     assert joint[: len(alone_prompt)] == alone_prompt
     assert enc.chosen[0][:-1] == joint[len(alone_prompt):]
+    assert enc.chosen[0][-1] == _stop_id(tok, fam)
+
+
+@pytest.mark.parametrize("name", CHAT)
+def test_without_the_template_the_completion_is_the_answer_and_eos(tokenizers, name):
+    """use_chat_template: false renders the raw message, so the template's turn layout must not leak in."""
+    tok = tokenizers[name]
+    cfg = _model_cfg(use_chat_template=False)
+    prompt, enc = _pairs(tok, cfg)
+    assert prompt == QUESTION + "\n"
+    joint = tok(prompt + CHOSEN, add_special_tokens=False)["input_ids"]
+    alone_prompt = tok(prompt, add_special_tokens=False)["input_ids"]
+    assert enc.chosen[0] == joint[len(alone_prompt):] + [tok.eos_token_id]
+
+
+class _Scripted(torch.nn.Module):
+    """A causal LM stand-in that emits a fixed token sequence greedily, whatever it reads."""
+
+    def __init__(self, script: list[int], vocab: int):
+        super().__init__()
+        self.script, self.vocab, self.calls = script, vocab, 0
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a device for the sampler
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None, logits_to_keep=None,
+                past_key_values=None):
+        logits = torch.zeros(input_ids.shape[0], 1, self.vocab)
+        logits[:, -1, self.script[min(self.calls, len(self.script) - 1)]] = 1.0
+        self.calls += 1
+        return type("Out", (), {"logits": logits})()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sampler_stops_where_the_trained_completion_stops(tokenizers, name):
+    """A model that emits exactly the training completion, then more text, is decoded back to the answer: the
+    sampler stops at the template's turn end (Gemma's <end_of_turn>, not only <eos>) and drops the layout's
+    whitespace (DeepSeek's newlines). vLLM's stop list holds the same token."""
+    from lutra import vllm_backend
+    from lutra.sampling import generate
+
+    tok, fam = tokenizers[name], FAMILIES[name]
+    prompt, enc = _pairs(tok, _model_cfg())
+    junk = tok("France", add_special_tokens=False)["input_ids"]
+    model = _Scripted(enc.chosen[0] + junk * 8, len(tok))
+    texts, finished = generate(model, tok, [prompt], n=1, temperature=0.0, max_new_tokens=len(enc.chosen[0]) + 8,
+                               progress=False, return_finished=True)
+    assert texts == [[CHOSEN]] and finished == [[True]]
+    assert _stop_id(tok, fam) in vllm_backend.stop_token_ids(tok)
 
 
 @pytest.mark.parametrize("name", ["llama3", "chatml", "deepseek"])

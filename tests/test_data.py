@@ -2,7 +2,15 @@
 
 import torch
 
-from lutra.data import collate, encode_completion, encode_pairs, encode_prompt, format_prompt
+from lutra.data import (
+    CompletionLayout,
+    collate,
+    completion_layout,
+    encode_completion,
+    encode_pairs,
+    encode_prompt,
+    format_prompt,
+)
 
 Q = "CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT);\nWhich singers are from France?"
 
@@ -68,3 +76,11 @@ def test_over_length_pairs_dropped_and_counted_never_truncated(tokenizer, model_
 def test_encode_completion_appends_eos_once(tokenizer):
     ids = encode_completion(tokenizer, "SELECT 1")
     assert ids[-1] == tokenizer.eos_token_id and ids.count(tokenizer.eos_token_id) == 1
+    # the tiny template closes the assistant turn with EOS right after the answer: the answer's ids + EOS
+    assert ids == tokenizer("SELECT 1", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def test_tiny_layout_is_answer_then_eos_with_or_without_the_template(tokenizer, model_cfg):
+    assert completion_layout(tokenizer, model_cfg) == CompletionLayout("", "", tokenizer.eos_token_id)
+    model_cfg.use_chat_template = False
+    assert completion_layout(tokenizer, model_cfg) == CompletionLayout("", "", tokenizer.eos_token_id)
