@@ -106,7 +106,7 @@ def _generate_batch(model, prompt_ids, *, n, temperature, top_p, max_new_tokens,
     cache, kw = _growing_cache_class()(), _cache_kw(model)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                 **{kw: cache})
-    cache = out.past_key_values
+    # the cache object is filled in place (reading out.past_key_values warns on transformers 5.2x)
     logits = out.logits[:, -1]
     if n > 1:
         cache.batch_repeat_interleave(n)
@@ -135,7 +135,7 @@ def _generate_batch(model, prompt_ids, *, n, temperature, top_p, max_new_tokens,
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None], use_cache=True,
                     **{kw: cache})
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        logits = out.logits[:, -1]
         next_pos = next_pos + 1
     finished = [True] * rows
     for r in alive.tolist():  # rows still alive after the loop never emitted EOS
