@@ -20,6 +20,21 @@ register_configs()
 log = logging.getLogger("lutra")
 
 
+def _route_lightning_logs() -> None:
+    """Lightning's messages once, through Hydra's handlers (console + train.log), without its advertising tip.
+
+    Lightning adds its own console handler to the `lightning` logger on import, which also propagates to Hydra's:
+    every line came out twice. Import it first, then route."""
+    import lightning  # noqa: F401
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage())
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
@@ -28,6 +43,7 @@ def main(cfg: DictConfig) -> float:
         log.error("invalid config: %s", e)
         raise SystemExit(2) from None
     logging.getLogger().setLevel(typed.log_level)
+    _route_lightning_logs()
     log.info("run directory: %s", typed.run_dir)
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     from lutra.artifacts import RunLockedError
