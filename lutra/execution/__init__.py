@@ -2,7 +2,7 @@
 
 `judge(items, cfg)` is what the loop calls: it checks each (problem, program) pair with the benchmark's executor
 (`sql` or `python`) and comparison rule and returns one `Verdict` per item, in order. Identical programs of one
-problem are executed once. `capabilities()` says which isolation layers are in force on this machine (log it
+problem are executed once; a program in a markdown fence is taken out of it first (`extract.extract_program`). `capabilities()` says which isolation layers are in force on this machine (log it
 once per run and write it into the manifest). What each sandbox stops, and what it does not, is in the
 docstrings of `lutra.execution.sql` and `lutra.execution.python`.
 """
@@ -32,7 +32,11 @@ def judge(items, cfg, *, progress: bool = True, desc: str = "execute", for_train
     """Verdicts for `items` = [(Problem, program text), ...] under benchmark config `cfg`.
 
     for_training: re-run timeouts once, serially, before labelling, so load does not create false rejections.
+    A program wrapped in a markdown fence (instruct models) is executed without the fence and the prose around it.
     """
+    from lutra.execution.extract import extract_program
+
+    items = [(p, extract_program(text, p.language)) for p, text in items]
     if cfg.executor == "sql":
         from lutra.execution import sql
 
