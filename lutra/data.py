@@ -286,9 +286,12 @@ class BucketSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         batches = self._batches()
-        for b in batches[self.position :]:
+        if self.position >= len(batches):  # the last epoch's iterator was dropped after its last batch, never
+            self.epoch, self.position = self.epoch + 1, 0  # exhausted (Lightning stops at len()): start the next
+            batches = self._batches()
+        while self.position < len(batches):
             self.position += 1
-            yield b
+            yield batches[self.position - 1]
         self.epoch, self.position = self.epoch + 1, 0
 
     def __len__(self) -> int:

@@ -84,3 +84,72 @@ def test_tiny_layout_is_answer_then_eos_with_or_without_the_template(tokenizer, 
     assert completion_layout(tokenizer, model_cfg) == CompletionLayout("", "", tokenizer.eos_token_id)
     model_cfg.use_chat_template = False
     assert completion_layout(tokenizer, model_cfg) == CompletionLayout("", "", tokenizer.eos_token_id)
+
+
+def _keys(n=37):
+    return [(i % 3,) for i in range(n)]  # three prompt families
+
+
+def test_bucket_sampler_epoch_covers_every_item_once_and_epochs_differ():
+    from lutra.data import BucketSampler
+
+    s = BucketSampler(_keys(), batch_size=4, seed=0)
+    e1, e2 = list(s), list(s)
+    for epoch in (e1, e2):
+        assert sorted(i for b in epoch for i in b) == list(range(37)) and len(epoch) <= len(s) + 3
+    assert e1 != e2
+
+
+def test_bucket_sampler_next_epoch_when_the_iterator_is_dropped_after_its_last_batch():
+    """Lightning stops an epoch after len(dataloader) batches without exhausting the sampler's iterator: the next
+    iter() must still be a whole new epoch (it was empty, so epochs_per_round > 1 trained one epoch)."""
+    import itertools
+
+    from lutra.data import BucketSampler
+
+    s = BucketSampler(_keys(32), batch_size=4, seed=0)  # 32 items in one chunk: exactly len(s) batches
+    first = list(itertools.islice(iter(s), len(s)))
+    second = list(itertools.islice(iter(s), len(s)))
+    assert len(first) == len(second) == len(s) == 8
+    assert sorted(i for b in second for i in b) == list(range(32)) and second != first
+
+
+def test_bucket_sampler_resume_mid_epoch_neither_repeats_nor_skips():
+    from lutra.data import BucketSampler
+
+    s = BucketSampler(_keys(), batch_size=4, seed=1)
+    it = iter(s)
+    head = [next(it) for _ in range(3)]
+    resumed = BucketSampler(_keys(), batch_size=4, seed=1)
+    resumed.load_state_dict(s.state_dict())
+    full = list(BucketSampler(_keys(), batch_size=4, seed=1))
+    assert head + list(resumed) == full
+
+
+def test_lightning_runs_every_epoch_of_the_bucket_sampler(tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from lutra.data import BucketSampler
+
+    class Count(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def training_step(self, batch, _):
+            self.seen.append(batch.tolist())
+            return (self.w * batch.float().mean()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    sampler = BucketSampler(_keys(32), batch_size=4, seed=0)
+    module = Count()
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, DataLoader(list(range(32)), batch_sampler=sampler))
+    assert trainer.global_step == 24 and len(module.seen) == 24
+    for e in range(3):
+        assert sorted(i for b in module.seen[8 * e : 8 * (e + 1)] for i in b) == list(range(32))
