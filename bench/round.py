@@ -41,7 +41,7 @@ def default_model() -> str | None:
     return best[1] if best else None
 
 
-# `python -m lutra.train` with a proposed fix applied to the loop's generate first (bench.common: merged_generate =
+# `python -m lutra.train` with a variant applied to the loop's generate first (bench.common: merged_generate =
 # sample/evaluate on a LoRA-merged copy; concat_cache_generate = the KV cache concatenated per step, as before the fix)
 PATCHED = ("import runpy, sys; sys.path.insert(0, {root!r}); import lutra.loop as L; from bench import common; "
            "L.generate = common.{patch}(L.generate); sys.argv[0] = 'lutra.train'; "
@@ -139,11 +139,11 @@ def main() -> None:
     for patch in [x for x in args.patches.split(",") if x]:
         p = run_round(args.n_train, args.n_eval, args.samples, args.model_path, extra=tuple(args.extra), patch=patch)
         res.setdefault("patched_rounds", {})[patch] = p
-        print(f"proposed fix {patch}:")
-        print(common.table([{"stage": s, "before_s": r[f"{s}_s"], "after_s": p[f"{s}_s"]} for s in STAGES]
-                           + [{"stage": "round 1 total", "before_s": r["round1_s"], "after_s": p["round1_s"]},
-                              {"stage": "round 0 evaluate", "before_s": r["round0_evaluate_s"],
-                               "after_s": p["round0_evaluate_s"]}], ["stage", "before_s", "after_s"], "{:.1f}"))
+        print(f"lutra as is vs the variant {patch}:")
+        print(common.table([{"stage": s, "lutra_s": r[f"{s}_s"], "variant_s": p[f"{s}_s"]} for s in STAGES]
+                           + [{"stage": "round 1 total", "lutra_s": r["round1_s"], "variant_s": p["round1_s"]},
+                              {"stage": "round 0 evaluate", "lutra_s": r["round0_evaluate_s"],
+                               "variant_s": p["round0_evaluate_s"]}], ["stage", "lutra_s", "variant_s"], "{:.1f}"))
     if not args.no_profile:
         with tempfile.TemporaryDirectory() as tmp:
             prof = str(Path(tmp) / "round.prof")
