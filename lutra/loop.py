@@ -85,16 +85,15 @@ class Loop:
         return model, tok
 
     def _merged_policy(self, k: int):
-        from peft import PeftModel, get_peft_model
+        from peft import PeftModel
 
-        from lutra.models import load_base, load_tokenizer, lora_config, resolve_path
+        from lutra.models import load_base, load_tokenizer, new_adapter, resolve_path
 
         path = resolve_path(self.cfg.model, self.cfg.benchmark)
         base = load_base(path, self.cfg.model, self.device)
         for j in range(1, k + 1):
             base = PeftModel.from_pretrained(base, str(self.run.round_dir(j) / "adapter")).merge_and_unload()
-        torch.manual_seed(self.cfg.seed)
-        return get_peft_model(base, lora_config(self.cfg.model)), load_tokenizer(path, self.cfg.model)
+        return new_adapter(base, self.cfg.model, self.cfg.seed), load_tokenizer(path, self.cfg.model)
 
     def prompt(self, p) -> str:
         return format_prompt(self.tok, benchmarks.user_message(self.cfg.benchmark, p), self.cfg.model)

@@ -111,14 +111,20 @@ def lora_config(model_cfg):
     )
 
 
+def new_adapter(base, model_cfg, seed: int):
+    """`base` with a new LoRA adapter, initialised right after seeding with `seed`: its weights do not depend on
+    what ran before in the process (building the tiny model, for one), so a resumed run gets the same adapter."""
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)
+    return get_peft_model(base, lora_config(model_cfg))
+
+
 def load_policy(model_cfg, bench_cfg, adapter: str | None = None, *, trainable: bool = False, device="cpu",
                 seed: int = 0):
-    """(peft model, tokenizer): the base with `adapter` loaded, or with a new LoRA adapter when adapter is None.
-
-    A new adapter is initialised right after seeding with `seed`, so its initial weights do not depend on what
-    ran before in the process (building the tiny model, for one): a resumed run gets the same adapter.
-    """
-    from peft import PeftModel, get_peft_model
+    """(peft model, tokenizer): the base with `adapter` loaded, or with a new adapter (`new_adapter`, seeded
+    with `seed`) when adapter is None."""
+    from peft import PeftModel
 
     path = resolve_path(model_cfg, bench_cfg)
     tok = load_tokenizer(path, model_cfg)
@@ -126,8 +132,7 @@ def load_policy(model_cfg, bench_cfg, adapter: str | None = None, *, trainable: 
     if adapter is not None:
         model = PeftModel.from_pretrained(base, adapter, is_trainable=trainable)
     else:
-        torch.manual_seed(seed)
-        model = get_peft_model(base, lora_config(model_cfg))
+        model = new_adapter(base, model_cfg, seed)
         if not trainable:
             model.requires_grad_(False)
     return model, tok

@@ -28,6 +28,23 @@ def _body_and_head(model):
     return base.get_decoder(), base.get_output_embeddings(), base.config
 
 
+def cache_kwarg(module) -> str:
+    """The name of `module.forward`'s KV-cache argument: transformers >= 5.2x renamed `past_key_values` to `cache`."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def prefix_forward(body, ids: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder hidden states of `ids` (rows, T) whose first `p` tokens are the same in every row: the prefix runs
+    once (row 0) and its KV cache is repeated for the rest. Returns (prefix states (p, H), rest (rows, T - p, H))."""
+    from transformers import DynamicCache
+
+    cache, kw = DynamicCache(), cache_kwarg(body)
+    h_prefix = body(input_ids=ids[:1, :p], use_cache=True, **{kw: cache}).last_hidden_state[0]
+    cache.batch_repeat_interleave(ids.shape[0])
+    pos = torch.arange(p, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+    return h_prefix, body(input_ids=ids[:, p:], position_ids=pos, use_cache=True, **{kw: cache}).last_hidden_state
+
+
 def completion_logps(model, batch: dict, *, share_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (rows,) and completion lengths for a collated batch.
 
@@ -38,18 +55,11 @@ def completion_logps(model, batch: dict, *, share_prefix: bool = True) -> tuple[
       arithmetic on far fewer tokens. LoRA layers are injected in place, so the decoder call trains them too.
     - The LM head runs only on completion positions: prompt logits are never needed.
     """
-    from transformers import DynamicCache
-
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["loss_mask"]
     body, head, config = _body_and_head(model)
     p = shared_prefix_len(ids, mask) if share_prefix and ids.shape[0] > 1 else 0
     if p >= 8 and not getattr(body, "gradient_checkpointing", False):
-        cache = DynamicCache()
-        kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
-        body(input_ids=ids[:1, :p], use_cache=True, **{kw: cache})
-        cache.batch_repeat_interleave(ids.shape[0])
-        pos = torch.arange(p, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-        hidden = body(input_ids=ids[:, p:], position_ids=pos, use_cache=True, **{kw: cache}).last_hidden_state
+        _, hidden = prefix_forward(body, ids, p)
         labels, mask_s = labels[:, p:], mask[:, p:]
     else:
         hidden = body(input_ids=ids).last_hidden_state

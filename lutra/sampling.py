@@ -3,8 +3,9 @@
 HF `generate(num_return_sequences=N)` runs every prompt N times through the model. Here each batch of prompts is
 encoded once (left-padded, explicit attention mask and positions), its KV cache is repeated N times in place, and
 decoding continues token by token with temperature / top-p (or greedy), pruning finished rows from the cache.
-The cache writes each step's keys and values into preallocated buffers (`_growing_cache`) instead of
-concatenating the whole cache per step (bench/sampling.py measured 1.2-1.4x at N=8-16 from that alone).
+The cache writes each step's keys and values into preallocated buffers instead of
+concatenating the whole cache per step (`_growing_cache_class`; bench/sampling.py measured 1.2-1.4x at N=8-16
+on ~30-token programs, within noise on today's ~19-token mini_sql programs).
 Seeded per batch, so a stage re-run after a crash draws the same samples on the same hardware.
 """
 
@@ -86,11 +87,9 @@ def _growing_cache_class():
 
 
 def _cache_kw(model) -> str:
-    # transformers >= 5.2x renamed `past_key_values` to `cache` in forward(); older versions only know the former
-    import inspect
+    from lutra.module import cache_kwarg
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return cache_kwarg(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
 
 @torch.inference_mode()

@@ -7,15 +7,14 @@
    Saved as a `PreTrainedTokenizerFast` with BOS/EOS/PAD and a chat template.
 2. Model: `LlamaForCausalLM` from a `LlamaConfig`, dropout 0, tied embeddings.
 3. Warm start: a short supervised fine-tuning (all weights) on the benchmark's `warmup` split, gold programs
-   disjoint from train and eval, with a language-model loss on prompt and program, program tokens weighted. The benchmark's `rare` templates are kept only with probability
-   `tiny.rare_templates_keep`, so the base is capable (SQL syntax, schema reading, value copying) but weak on
+   disjoint from train and eval, with a language-model loss on prompt and program, program tokens weighted.
+   The benchmark's `rare` templates are kept only with probability `tiny.rare_templates_keep`, so the base is capable (SQL syntax, schema reading, value copying) but weak on
    some of the target task's own patterns: the paper's regime, where refinement has something to learn.
 The directory is written atomically; `lutra_build.json` records the recipe, data counts and the warm-start loss.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import random
@@ -81,9 +80,7 @@ def lm_loss(model, batch: dict, pad_id: int, program_weight: float = 1.0) -> tor
     the programs need, but the prompt outnumbers the program ~6:1 in tokens; weighting program tokens 16x
     (conf/model/tiny.yaml) took a 600-step base from 6.8% to 28.4%+ EX (measured, mini_sql seed 0).
     """
-    from transformers import DynamicCache
-
-    from lutra.module import _body_and_head
+    from lutra.module import _body_and_head, prefix_forward
 
     ids, labels = batch["input_ids"], batch["labels"]
     body, head, _ = _body_and_head(model)
@@ -95,12 +92,7 @@ def lm_loss(model, batch: dict, pad_id: int, program_weight: float = 1.0) -> tor
     p = min(same - 1, int(valid.sum(-1).min().item()))
     total, count = 0.0, 0.0
     if p >= 8 and rows > 1:
-        cache = DynamicCache()
-        kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
-        h_prefix = body(input_ids=ids[:1, :p], use_cache=True, **{kw: cache}).last_hidden_state[0]
-        cache.batch_repeat_interleave(rows)
-        pos = torch.arange(p, ids.shape[1]).expand(rows, -1)
-        hidden = body(input_ids=ids[:, p:], position_ids=pos, use_cache=True, **{kw: cache}).last_hidden_state
+        h_prefix, hidden = prefix_forward(body, ids, p)
         nll = torch.nn.functional.cross_entropy(head(h_prefix).float(), labels[0, :p], reduction="none")
         total, count = (nll * weight[0, :p]).sum() * rows, weight[0, :p].sum() * rows
         labels, valid, weight = labels[:, p:], valid[:, p:], weight[:, p:]

@@ -2,8 +2,9 @@
 
 `judge(items, cfg)` is what the loop calls: it checks each (problem, program) pair with the benchmark's executor
 (`sql` or `python`) and comparison rule and returns one `Verdict` per item, in order. Identical programs of one
-problem are executed once; a program in a markdown fence is taken out of it first (`extract.extract_program`). `capabilities()` says which isolation layers are in force on this machine (log it
-once per run and write it into the manifest). What each sandbox stops, and what it does not, is in the
+problem are executed once; a program in a markdown fence is taken out of it first (`extract.extract_program`).
+`capabilities()` says which isolation layers are in force on this machine (log it once per run and write it into
+the manifest). What each sandbox stops, and what it does not, is in the
 docstrings of `lutra.execution.sql` and `lutra.execution.python`.
 """
 
