@@ -17,6 +17,11 @@ SQL = "SELECT name FROM singer WHERE country = 'France'"
     ("```text\nnot code\n```\n```sql\nSELECT 1\n```", "sql", "SELECT 1"),     # the language's block wins
     ("```python\nimport numpy as np\nresult = np.zeros(3)\n```", "python", "import numpy as np\nresult = np.zeros(3)"),
     ("```py\nresult = 1\n```\n```python\nresult = 2\n```", "python", "result = 1"),  # the first matching block
+    # reasoning models: the <think> block (which may quote draft code) is not the answer
+    (f"<think>\nTry ```sql\nSELECT 1\n``` first.\n</think>\n\n```sql\n{SQL}\n```", "sql", SQL),
+    (f"<think>the singer table has a country column</think>\n{SQL}", "sql", SQL),
+    (f"Need the country filter.\n</think>\n\n{SQL}", "sql", SQL),        # template opened <think> in the prompt
+    ("<think>\nStill thinking about SELECT name FROM", "sql", ""),          # cut off while thinking: no answer
 ])
 def test_extract_program(text, language, want):
     assert extract_program(text, language) == want
