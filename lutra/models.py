@@ -19,7 +19,7 @@ from lutra.artifacts import fingerprint
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TINY_VERSION = 3  # bump when the tiny build recipe changes: the cache key changes with it
+TINY_VERSION = 5  # bump when the tiny build recipe changes: the cache key changes with it
 
 
 def setup_torch(threads: int | None = None) -> None:

@@ -37,8 +37,9 @@ def test_values_tokenize_the_same_in_question_and_sql(tokenizer):
         return tokenizer.convert_ids_to_tokens(tokenizer(s, add_special_tokens=False)["input_ids"])
 
     assert "France" in toks('singers from "France"?') and "France" in toks("WHERE country = 'France'")
-    number = toks("older than 30?")[-3:-1]
-    assert number == toks("WHERE age > 30")[-2:] and len(number) == 2  # digits single, space joined to the first
+    number = toks("older than 30?")[-2:-1]
+    assert number == toks("WHERE age > 30")[-1:] == ["\u0120" + "30"]  # one token, the space joined to it
+    assert toks("below 3.74?")[-2:-1] == toks("gpa < 3.74")[-1:]           # decimals too
 
 
 def test_collate_prompt_is_exact_prefix_eos_present_mask_on_completion(tokenizer, model_cfg):

@@ -48,3 +48,28 @@ def test_program_weight_moves_the_loss_toward_the_program_tokens(tokenizer, smal
             batch["loss_mask"] == 0, tokenizer.pad_token_id)}, tokenizer.pad_token_id, 1.0).item()
     assert losses[0] != pytest.approx(losses[1])
     assert losses[2] == pytest.approx(program_only, rel=1e-3)  # a huge weight leaves the program's mean NLL
+
+
+def test_rare_templates_get_their_share_of_the_warm_start(tmp_path):
+    """Each rare template gets `keep` x a common template's mean count, repeating its problems when it has fewer
+    (HAVING / ORDER BY ... LIMIT / nested AVG run out of slot combinations), never more; common ones all stay."""
+    from collections import Counter
+
+    from lutra.benchmarks import mini_sql
+    from lutra.config import BenchmarkConfig
+    from lutra.tiny import _warmup_problems
+
+    cfg = BenchmarkConfig(name="mini_sql", executor="sql", data_dir=str(tmp_path), n_warmup=3000)
+    every = mini_sql.load(cfg, "warmup")
+    have = Counter(p.meta["template"] for p in every)
+    common = {t: n for t, n in have.items() if t not in mini_sql.RARE_TEMPLATES}
+    for keep in (0.0, 0.1, 0.5):
+        got = Counter(p.meta["template"] for p in _warmup_problems(cfg, keep, seed=0))
+        target = round(keep * sum(common.values()) / len(common))
+        assert {t: got[t] for t in common} == common
+        assert all(got[t] == target for t in mini_sql.RARE_TEMPLATES), (keep, target, got)
+        if keep == 0.5:  # a target above what a template has: its problems repeat, each at most ceil(target/n) times
+            short = [t for t in mini_sql.RARE_TEMPLATES if have[t] < target]
+            assert short, have
+            reps = Counter(p.id for p in _warmup_problems(cfg, keep, seed=0) if p.meta["template"] == short[0])
+            assert max(reps.values()) - min(reps.values()) <= 1 and len(reps) == have[short[0]]
