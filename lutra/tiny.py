@@ -75,21 +75,19 @@ def _warmup_problems(bench_cfg, keep_rare: float, seed: int) -> list:
     AVG run out of slot combinations near 100), so a fraction of their own count would leave them ~50x rarer than
     a common template, not 4x; those are repeated (each at most ceil(target / count) times) to reach the share."""
     rng = random.Random(seed)
-    problems = benchmarks.load(bench_cfg, "warmup")
-    common = [p for p in problems if not p.meta.get("rare")]
-    by_template: dict[str, list] = {}
-    for p in problems:
+    common, rare_by_template = [], {}
+    for p in benchmarks.load(bench_cfg, "warmup"):
         if p.meta.get("rare"):
-            by_template.setdefault(p.meta.get("template", ""), []).append(p)
+            rare_by_template.setdefault(p.meta.get("template", ""), []).append(p)
+        else:
+            common.append(p)
     n_common_templates = len({p.meta.get("template", "") for p in common}) or 1
     target = round(keep_rare * len(common) / n_common_templates)
     rare = []
-    for name in sorted(by_template):
-        pool = by_template[name]
-        copies = pool * -(-target // len(pool))          # enough repeats to cover the target
-        rare += rng.sample(copies, min(target, len(copies))) if target < len(pool) else copies[:target]
-    # interleave as generated: the loader's order cycles templates, and the sampler shuffles anyway
-    return common + rare
+    for name in sorted(rare_by_template):
+        pool = rare_by_template[name]
+        rare += rng.sample(pool, target) if target < len(pool) else (pool * -(-target // len(pool)))[:target]
+    return common + rare  # the warm start draws its batches with a seeded BucketSampler, not in this order
 
 
 def lm_loss(model, batch: dict, pad_id: int, program_weight: float = 1.0) -> torch.Tensor:

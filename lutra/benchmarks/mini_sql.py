@@ -22,17 +22,17 @@ domain. Each has 3-4 paraphrased wordings and exactly one canonical SQL style (u
 generation: it returns 1-300 rows, no all-NULL row, no zero count, no tie within or at a LIMIT. Tiers follow
 Spider's hardness (easy / medium / hard / extra) by the number of SQL components.
 
-Rare templates. Five structurally distinct templates (HAVING, ORDER BY ... LIMIT, JOIN + GROUP BY, nested AVG,
-NOT IN) are flagged rare. This module does not filter; the tiny model's builder gives each rare template only a
-fraction of a common template's share of the warm start (`model.tiny.rare_templates_keep`). That mirrors the paper's regime: a base that is
-capable (SQL syntax, schema reading, value copying) but weak on the target task's own patterns, so preference
-refinement on `train` has something to learn, visible per template and tier in eval.
+Rare templates. Five structurally distinct templates (HAVING, ORDER BY ... LIMIT, JOIN + GROUP BY, nested AVG, NOT
+IN) are flagged rare. This module does not filter; the tiny model's builder gives each rare template only a fraction
+of a common template's share of the warm start (`model.tiny.rare_templates_keep`). That mirrors the paper's regime:
+a base that is capable (SQL syntax, schema reading, value copying) but weak on the target task's own patterns, so
+preference refinement on `train` has something to learn, visible per template and tier in eval.
 
-Splits. `eval` (500) is generated first, then `train` (600), then `warmup` (`n_warmup`, 16,000 in conf/benchmark/mini_sql.yaml), each
-cycling over templates x domains so templates appear in equal proportion. A problem's key (template, db_id,
-slot values) and its question text are never reused, so the splits are disjoint and eval asks only unseen
-combinations. eval and train do not depend on `n_warmup`. A template x domain whose combinations run out
-(in warmup: where_eq, HAVING, nested AVG, ORDER BY ... LIMIT) passes its turn to the others.
+Splits. `eval` (500) is generated first, then `train` (600), then `warmup` (`n_warmup`, 16,000 in
+conf/benchmark/mini_sql.yaml), each cycling over templates x domains so templates appear in equal proportion. A
+problem's key (template, db_id, slot values) and its question text are never reused, so the splits are disjoint and
+eval asks only unseen combinations. eval and train do not depend on `n_warmup`. A template x domain whose
+combinations run out (in warmup: where_eq, HAVING, nested AVG, ORDER BY ... LIMIT) passes its turn to the others.
 Options (benchmark.options): `n_train_pool` (600), `n_eval_pool` (500).
 """
 
