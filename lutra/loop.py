@@ -12,20 +12,20 @@ import logging
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 
-from lutra import benchmarks, execution, vllm_backend
+from lutra import benchmarks, execution, fit_worker, vllm_backend
 from lutra.artifacts import fingerprint, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from lutra.config import ConfigError
-from lutra.data import PreferenceDataModule, encode_pairs, format_prompt, ordered_batches
+from lutra.data import encode_pairs, format_prompt, ordered_batches
+from lutra.fit_worker import fit_policy
 from lutra.logging_utils import RunLogger
-from lutra.models import load_policy, setup_torch
-from lutra.module import PolicyModule, reference_logps
+from lutra.models import policy_at, setup_torch
+from lutra.module import reference_logps
 from lutra.pairs import build_pairs, sft_targets
 from lutra.run import Run
 from lutra.sampling import generate
-from lutra.strategies import device_for, fit, trainer_kwargs, world_size
+from lutra.strategies import device_for, fit, launcher
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ def run(cfg) -> float:
     if cfg.method.reference == "base" and cfg.method.adapter == "fresh":
         raise ConfigError("method.reference: `base` needs method.adapter=continue (a fresh adapter on merged "
                           "weights has no adapter-free base to fall back to)")
+    if launcher(cfg.trainer) == "relaunch" and cfg.trainer.num_nodes > 1:
+        raise ConfigError(f"trainer.num_nodes: {cfg.trainer.num_nodes} needs ranks started on every node, and lutra "
+                          "starts its training workers on this node only (torchrun --standalone); see docs/gpu.md")
     setup_torch()
     r = Loop(cfg)
     try:
@@ -75,25 +78,11 @@ class Loop:
         """The policy at the end of round k (k = 0: base + a fresh LoRA adapter, seeded)."""
         if self._policy_round == k:
             return self.model, self.tok
-        adapter = None if k == 0 else str(self.run.round_dir(k) / "adapter")
-        if self.cfg.method.adapter == "fresh" and k > 0:
-            model, tok = self._merged_policy(k)
-        else:
-            model, tok = load_policy(self.cfg.model, self.cfg.benchmark, adapter, trainable=True, device=self.device,
-                                     seed=self.cfg.seed)
-        self.model, self.tok, self._policy_round = model, tok, k
-        return model, tok
-
-    def _merged_policy(self, k: int):
-        from peft import PeftModel
-
-        from lutra.models import load_base, load_tokenizer, new_adapter, resolve_path
-
-        path = resolve_path(self.cfg.model, self.cfg.benchmark)
-        base = load_base(path, self.cfg.model, self.device)
-        for j in range(1, k + 1):
-            base = PeftModel.from_pretrained(base, str(self.run.round_dir(j) / "adapter")).merge_and_unload()
-        return new_adapter(base, self.cfg.model, self.cfg.seed), load_tokenizer(path, self.cfg.model)
+        self.model, self.tok = None, None  # drop the old policy before loading the next one
+        adapters = [str(self.run.round_dir(j) / "adapter") for j in range(1, k + 1)]
+        self.model, self.tok = policy_at(self.cfg, adapters, device=self.device)
+        self._policy_round = k
+        return self.model, self.tok
 
     def prompt(self, p) -> str:
         return format_prompt(self.tok, benchmarks.user_message(self.cfg.benchmark, p), self.cfg.model)
@@ -184,37 +173,27 @@ class Loop:
             return
         m, t0 = self.cfg.method, time.time()
         model, tok = self.policy(k - 1)
-        model.requires_grad_(False)
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.requires_grad_(True)
         enc = encode_pairs(tok, pairs, self.cfg.model, with_rejected=m.loss != "sft")
-        ref = None if m.loss == "sft" else self.reference(k, model, tok, enc)
-        dm = PreferenceDataModule(enc, ref, m.batch_size, tok.pad_token_id, seed=self.cfg.seed * 1000 + k)
-        per_step = m.batch_size * self.cfg.trainer.accumulate_grad_batches * world_size(self.cfg.trainer)
-        steps_per_epoch = -(-len(enc.prompts) // per_step)
-        max_steps = steps_per_epoch * m.epochs_per_round
-        if m.max_steps_per_round:
-            max_steps = min(max_steps, m.max_steps_per_round)
-        module = PolicyModule(model, m, lr=m.lr or self.cfg.model.lr, total_steps=max_steps)
+        ref = None if m.loss == "sft" or not enc.prompts else self.reference(k, model, tok, enc)
         step_offset = self.run.manifest.setdefault("train_steps", {})
         offset = sum(v for kk, v in step_offset.items() if int(kk) < k)
-        stats = {"pairs_used": len(enc.prompts), "dropped_prompt_too_long": enc.dropped_prompt_too_long,
-                 "dropped_completion_too_long": enc.dropped_completion_too_long}
-        if len(enc.prompts) > 0 and max_steps > 0:
-            L.seed_everything(self.cfg.seed * 1000 + k, workers=True, verbose=False)
-            trainer = L.Trainer(**trainer_kwargs(self.cfg.trainer), max_epochs=m.epochs_per_round,
-                                max_steps=max_steps, logger=self.logger.lightning(), enable_checkpointing=False,
-                                callbacks=[StepOffset(offset)], default_root_dir=str(self.run.dir),
-                                num_sanity_val_steps=0, enable_model_summary=False)
-            stats["steps"] = fit(trainer, module, dm)
+        tmp = Path(str(adapter_dir) + ".tmp-save")
+        if launcher(self.cfg.trainer) == "relaunch":  # FSDP, DeepSpeed, popen DDP: torchrun workers (fit_worker)
+            self.model, self.tok, self._policy_round = None, None, None
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            lg = self.logger.lightning()
+            stats = fit_worker.launch(self.cfg, self.run.round_dir(k), k, offset,
+                                      lg if isinstance(lg, list) else [lg] if lg else [])
         else:
-            log.warning("round %d: no pairs to train on; the adapter is carried over unchanged", k)
-            stats["steps"] = 0
+            trainer, stats = fit_policy(self.cfg, model, tok, pairs, ref, k, offset, self.logger.lightning())
+            if trainer is not None:
+                stats["steps"] = fit(trainer, stats.pop("module"), stats.pop("datamodule"))
+            model.save_pretrained(str(tmp))
+            self._policy_round = k
         step_offset[str(k)] = stats["steps"]
-        model.save_pretrained(str(adapter_dir) + ".tmp-save")
-        _replace_dir(Path(str(adapter_dir) + ".tmp-save"), adapter_dir)
-        self._policy_round = k
+        _replace_dir(tmp, adapter_dir)
         self.run.mark(k, "train", adapter_dir, time.time() - t0, **stats)
 
     def reference(self, k: int, model, tok, enc) -> torch.Tensor:
@@ -284,13 +263,3 @@ def _replace_dir(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
     os.replace(src, dst)
-
-
-class StepOffset(L.Callback):
-    """Continue the logger's step count across rounds (each round has its own Trainer)."""
-
-    def __init__(self, offset: int):
-        self.offset = offset
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        trainer.fit_loop.epoch_loop._batches_that_stepped = self.offset

@@ -148,3 +148,19 @@ def load(model_cfg, bench_cfg, adapter: str | None = None, device="cpu"):
     model, tok = load_policy(model_cfg, bench_cfg, adapter, device=device)
     model.eval()
     return model, tok
+
+
+def policy_at(cfg, adapters: list[str], device="cpu"):
+    """(trainable peft model, tokenizer): the policy after the rounds whose adapters are `adapters` (oldest first;
+    empty: base + a new adapter seeded with cfg.seed). `method.adapter=continue` loads the newest adapter onto the
+    base; `fresh` merges every round's adapter into the base, in order, and adds a new one."""
+    if cfg.method.adapter != "fresh" or not adapters:
+        return load_policy(cfg.model, cfg.benchmark, adapters[-1] if adapters else None, trainable=True,
+                           device=device, seed=cfg.seed)
+    from peft import PeftModel
+
+    path = resolve_path(cfg.model, cfg.benchmark)
+    base = load_base(path, cfg.model, device)
+    for a in adapters:
+        base = PeftModel.from_pretrained(base, a).merge_and_unload()
+    return new_adapter(base, cfg.model, cfg.seed), load_tokenizer(path, cfg.model)

@@ -16,16 +16,18 @@ that Hydra started. How a strategy creates its processes therefore decides wheth
   `LightningEnvironment` is passed explicitly because Lightning would otherwise detect SLURM (submitit sets
   SLURM_NTASKS) and take every spawned worker's rank from SLURM_PROCID/SLURM_LOCALID, which are 0 in all of them.
 - `relaunch` (fsdp, deepspeed ZeRO-2/3, popen `ddp`, `strategy: auto` on several devices, num_nodes > 1).
-  Lightning starts the other ranks by re-running the command line (`_SubprocessScriptLauncher`, which also
-  rewrites Hydra's run dir for them) or expects srun/torchrun to have started them. Every rank then runs
-  `python -m lutra.train` from the top, so the loop itself has to be rank-aware: ranks > 0 must resume the run
-  read-only up to the pending fit, join it, and exit (see `process_rank`). `trainer_kwargs` refuses these strategies
-  unless its caller passes `relaunch_ok=True`, so a loop without that worker mode fails at once instead of
-  deadlocking on the run directory's lock.
+  Lightning would start the other ranks by re-running the command line (`_SubprocessScriptLauncher`), so every rank
+  would run `python -m lutra.train` from the top. The loop does not let it: it trains these in **worker mode**
+  (`lutra.fit_worker`), starting `torchrun --standalone` workers for `fit` alone, which read the round's resolved
+  config from the run directory; Lightning sees torchrun's environment and launches nothing itself. Rank 0 of the
+  workers writes the adapter, the step count and the logged metrics; the loop moves the adapter into place and
+  replays the metrics into its loggers. Single node (torchrun --standalone): num_nodes > 1 is refused by the loop.
+  `trainer_kwargs` refuses these strategies unless its caller passes `relaunch_ok=True` (only the worker does), so
+  no other code path can build a Trainer that would re-run the command.
 - `none` (auto, cpu, gpu: one device): `fit` runs in the main process.
 
-Rank-0-only writes: in `spawn` mode only the main process writes run artifacts. In `relaunch` mode use
-`process_rank() == 0` (known before any process group exists) to guard manifest, artifact, adapter and wandb writes.
+Rank-0-only writes: in `spawn` mode only the main process writes run artifacts; in worker mode only the loop and
+rank 0 of the workers do (`process_rank() == 0` tells a rank before any process group exists).
 """
 
 from __future__ import annotations
@@ -123,8 +125,8 @@ def trainer_kwargs(tcfg, *, relaunch_ok: bool = False) -> dict:
     if mode == "relaunch" and not relaunch_ok:
         raise ConfigError(
             f"trainer.strategy: {tcfg.strategy!r} on {world_size(tcfg)} device(s) x {tcfg.num_nodes} node(s) makes "
-            "Lightning re-run the whole command on every rank, and lutra's loop does not run as a worker rank yet. "
-            "Use trainer=ddp (ddp_spawn: fit-only workers, one node); see docs/gpu.md.")
+            "Lightning re-run the whole command on every rank; build its Trainer in lutra.fit_worker (torchrun "
+            "workers for fit alone, as the loop does), not in a process that runs the loop. See docs/gpu.md.")
     return {"accelerator": tcfg.accelerator, "devices": tcfg.devices, "strategy": strategy(tcfg),
             "precision": precision(tcfg), "num_nodes": tcfg.num_nodes,
             "accumulate_grad_batches": tcfg.accumulate_grad_batches, "gradient_clip_val": tcfg.gradient_clip_val,

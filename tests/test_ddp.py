@@ -192,3 +192,41 @@ def test_ddp_inside_a_submitit_job(tmp_path):
     assert "round_1/evaluate" in m["stages"] and m["stages"]["round_1/train"]["pairs_used"] > 0
     logs = "".join(f.read_text() for f in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
     assert "Starting with 2 processes" in logs
+
+
+@pytest.mark.slow
+def test_worker_mode_trains_the_same_adapter_as_spawn(tmp_path):
+    """trainer.strategy=ddp (popen DDP: Lightning would re-run the command on every rank) trains in torchrun
+    workers (lutra.fit_worker), the path FSDP and DeepSpeed take on GPUs. Same seed, same 2 ranks, same batches:
+    the adapter it saves equals the one ddp_spawn trains in memory, the loop evaluates with it, and the workers'
+    logged losses reach the run's one CSV (about 2 min on 2 cores)."""
+    import csv
+    import json
+
+    from safetensors.torch import load_file
+
+    spawn, worker = tmp_path / "spawn", tmp_path / "worker"
+    _train(tmp_path, f"hydra.run.dir={spawn}", "benchmark.n_eval=8", "trainer.log_every_n_steps=1")
+    p = _train(tmp_path, f"hydra.run.dir={worker}", "benchmark.n_eval=8", "trainer.log_every_n_steps=1",
+               "trainer.strategy=ddp")
+    assert "torch.distributed.run" in p.stdout + p.stderr  # the loop says how it starts the workers
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["data", "models", "spawn", "worker"]
+    a = load_file(spawn / "round_1" / "adapter" / "adapter_model.safetensors")
+    b = load_file(worker / "round_1" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert any(v.abs().sum() > 0 for k, v in b.items() if "lora_B" in k), "the workers saved peft's zero-B init"
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+    ms, mw = (json.loads((d / "manifest.json").read_text())["stages"] for d in (spawn, worker))
+    assert mw["round_1/train"]["steps"] == ms["round_1/train"]["steps"] > 0
+    assert mw["round_1/train"]["pairs_used"] == ms["round_1/train"]["pairs_used"]
+    ex_s, ex_w = (json.loads((d / "round_1" / "metrics.json").read_text())["exec_acc"] for d in (spawn, worker))
+    assert ex_w == ex_s  # same weights, same greedy decoding
+    logged = []
+    for d in (spawn, worker):
+        with open(d / "logs" / "metrics.csv", newline="") as f:
+            logged.append([(r["step"], float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")])
+    assert logged[1], "the workers' training metrics did not reach the run's CSV log"
+    assert [s for s, _ in logged[1]] == [s for s, _ in logged[0]]
+    assert [v for _, v in logged[1]] == pytest.approx([v for _, v in logged[0]], rel=1e-5)
+    assert not (worker / ".hydra" / "multirun.yaml").exists() and len(list(tmp_path.rglob(".hydra"))) == 2

@@ -151,3 +151,34 @@ def test_submitit_launchers_compose_with_trainer_ddp(launcher, target):
     assert cfg.hydra.launcher._target_.endswith(target)
     assert cfg.hydra.launcher.tasks_per_node == 1  # one task per node: ddp_spawn starts the GPU workers itself
     assert strategies.launcher(trainer_cfg("ddp")) == "spawn"
+
+
+@pytest.mark.parametrize("option", ["fsdp", "deepspeed_zero3", "ddp_cpu"])
+def test_worker_mode_on_several_nodes_refused_before_any_model_loads(option, monkeypatch):
+    """The loop's torchrun workers are single-node; several nodes would need srun to start them."""
+    from lutra import loop, models
+
+    monkeypatch.setattr(models, "load_base", lambda *a, **k: pytest.fail("a model was loaded"))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"trainer={option}", "trainer.num_nodes=2"])
+    with pytest.raises(ConfigError, match=r"trainer\.num_nodes: 2"):
+        loop.run(cfg)
+
+
+def test_lora_state_keys_are_the_peft_models_own(small_model, model_cfg):
+    """What rank 0 saves after a worker fit: only LoRA weights, keyed as peft's state dict keys them (so
+    `save_pretrained(state_dict=...)` writes the same file as saving the model itself)."""
+    from lutra.config import MethodConfig
+    from lutra.fit_worker import lora_state
+    from lutra.models import new_adapter
+    from lutra.module import PolicyModule
+
+    model = new_adapter(copy.deepcopy(small_model), model_cfg, seed=0)
+    module = PolicyModule(model, MethodConfig(), lr=1e-3, total_steps=1)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    trainer.strategy.connect(module)
+    state = lora_state(trainer, module)
+    want = {n for n in model.state_dict() if "lora_" in n}
+    assert set(state) == want and want
+    for n, t in state.items():
+        assert torch.equal(t, model.state_dict()[n])
