@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     job = OmegaConf.load(rd / JOB)
     cfg, k = job.cfg, int(job.round)
     setup_torch()
+    if torch.cuda.is_available():  # a 4-bit base is placed on the current device by from_pretrained
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     cfg.trainer.devices = int(os.environ.get("LOCAL_WORLD_SIZE", devices_per_node(cfg.trainer)))
     adapters = [str(args.run_dir / f"round_{j}" / "adapter") for j in range(1, k)]
     model, tok = policy_at(cfg, adapters, device="cpu")  # the strategy moves (or shards) it onto this rank's device
