@@ -84,15 +84,15 @@ class JsonlLogger(Logger):
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 
-def fit_policy(cfg, model, tok, pairs: list[dict], ref, k: int, offset: int, logger, *, relaunch_ok: bool = False):
-    """Fit `model`'s LoRA adapter on round k's pairs; returns (trainer or None, stats). `ref`: the pairs' reference
-    log-probs (None for `loss: sft`); `offset`: optimizer steps of earlier rounds (the logger's step axis)."""
+def fit_policy(cfg, model, tok, enc, ref, k: int, offset: int, logger, *, relaunch_ok: bool = False):
+    """Set up round k's fit of `model`'s LoRA adapter on the encoded pairs `enc` (`lutra.data.encode_pairs`).
+    `ref`: their reference log-probs (None for `loss: sft`); `offset`: optimizer steps of earlier rounds (the
+    logger's step axis). Returns (trainer, module, datamodule, stats); trainer is None when there is nothing to fit."""
     m = cfg.method
     model.requires_grad_(False)
     for name, p in model.named_parameters():
         if "lora_" in name:
             p.requires_grad_(True)
-    enc = encode_pairs(tok, pairs, cfg.model, with_rejected=m.loss != "sft")
     stats = {"pairs_used": len(enc.prompts), "dropped_prompt_too_long": enc.dropped_prompt_too_long,
              "dropped_completion_too_long": enc.dropped_completion_too_long, "steps": 0}
     per_step = m.batch_size * cfg.trainer.accumulate_grad_batches * world_size(cfg.trainer)
@@ -101,7 +101,7 @@ def fit_policy(cfg, model, tok, pairs: list[dict], ref, k: int, offset: int, log
         max_steps = min(max_steps, m.max_steps_per_round)
     if len(enc.prompts) == 0 or max_steps == 0:
         log.warning("round %d: no pairs to train on; the adapter is carried over unchanged", k)
-        return None, stats
+        return None, None, None, stats
     dm = PreferenceDataModule(enc, ref, m.batch_size, tok.pad_token_id, seed=cfg.seed * 1000 + k)
     module = PolicyModule(model, m, lr=m.lr or cfg.model.lr, total_steps=max_steps)
     L.seed_everything(cfg.seed * 1000 + k, workers=True, verbose=False)
@@ -109,7 +109,7 @@ def fit_policy(cfg, model, tok, pairs: list[dict], ref, k: int, offset: int, log
                         max_steps=max_steps, logger=logger, enable_checkpointing=False,
                         callbacks=[StepOffset(offset)], default_root_dir=str(cfg.run_dir),
                         num_sanity_val_steps=0, enable_model_summary=False)
-    return trainer, stats | {"module": module, "datamodule": dm}
+    return trainer, module, dm, stats
 
 
 # -- the loop's side -------------------------------------------------------------------------------------------------
@@ -180,11 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     ref_path = rd / "ref_logps.pt"  # absent only when no pair survived encoding (then nothing is fitted)
     ref = torch.load(ref_path)["logps"] if cfg.method.loss != "sft" and ref_path.exists() else None
     logger = JsonlLogger(rd / METRICS)
-    trainer, stats = fit_policy(cfg, model, tok, read_jsonl(rd / "pairs.jsonl"), ref, k, int(job.offset), logger,
-                                relaunch_ok=True)
+    enc = encode_pairs(tok, read_jsonl(rd / "pairs.jsonl"), cfg.model, with_rejected=cfg.method.loss != "sft")
+    trainer, module, dm, stats = fit_policy(cfg, model, tok, enc, ref, k, int(job.offset), logger, relaunch_ok=True)
     if trainer is not None:
-        module = stats.pop("module")
-        trainer.fit(module, datamodule=stats.pop("datamodule"))
+        trainer.fit(module, datamodule=dm)
         stats["steps"] = int(trainer.global_step)
         state = lora_state(trainer, module)  # collective under FSDP / ZeRO-3: every rank calls it
         rank = trainer.global_rank

@@ -187,9 +187,10 @@ class Loop:
             stats = fit_worker.launch(self.cfg, self.run.round_dir(k), k, offset,
                                       lg if isinstance(lg, list) else [lg] if lg else [])
         else:
-            trainer, stats = fit_policy(self.cfg, model, tok, pairs, ref, k, offset, self.logger.lightning())
+            lg = self.logger.lightning()
+            trainer, module, dm, stats = fit_policy(self.cfg, model, tok, enc, ref, k, offset, lg)
             if trainer is not None:
-                stats["steps"] = fit(trainer, stats.pop("module"), stats.pop("datamodule"))
+                stats["steps"] = fit(trainer, module, dm)
             model.save_pretrained(str(tmp))
             self._policy_round = k
         step_offset[str(k)] = stats["steps"]
