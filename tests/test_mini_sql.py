@@ -165,3 +165,15 @@ def test_eval_and_train_do_not_depend_on_n_warmup(gen, tmp_path):
     cfg = _cfg(tmp_path, n_warmup=0)
     for split in ("train", "eval"):
         assert [p.gold for p in mini_sql.load(cfg, split)] == [p.gold for p in splits[split]]
+
+
+def test_rare_templates_option_moves_the_flag_not_the_questions(gen, tmp_path):
+    cfg, splits = gen
+    other = _cfg(cfg.data_dir, options={"rare_templates": ["distinct", "order_limit"]})
+    moved = mini_sql.load(other, "train")
+    assert [p.gold for p in moved] == [p.gold for p in splits["train"]]
+    assert {p.meta["template"] for p in moved if p.meta["rare"]} == {"distinct", "order_limit"}
+    assert {p.meta["template"] for p in splits["train"] if p.meta["rare"]} == set(mini_sql.RARE_TEMPLATES)
+    for bad in (["no_such_template"], "order_limit"):
+        with pytest.raises(BenchmarkError, match="rare_templates"):
+            mini_sql.load(_cfg(cfg.data_dir, options={"rare_templates": bad}), "train")

@@ -33,11 +33,13 @@ conf/benchmark/mini_sql.yaml), each cycling over templates x domains so template
 problem's key (template, db_id, slot values) and its question text are never reused, so the splits are disjoint and
 eval asks only unseen combinations. eval and train do not depend on `n_warmup`. A template x domain whose
 combinations run out (in warmup: where_eq, HAVING, nested AVG, ORDER BY ... LIMIT) passes its turn to the others.
-Options (benchmark.options): `n_train_pool` (600), `n_eval_pool` (500).
+Options (benchmark.options): `n_train_pool` (600), `n_eval_pool` (500), `rare_templates` (the five above: which
+templates the tiny model's warm start keeps rare; the questions drawn do not change).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -735,7 +737,7 @@ class _Generator:
 
 
 _GENERATORS: dict[tuple, _Generator] = {}
-OPTIONS = {"n_train_pool": N_TRAIN_POOL, "n_eval_pool": N_EVAL_POOL}
+OPTIONS = {"n_train_pool": N_TRAIN_POOL, "n_eval_pool": N_EVAL_POOL, "rare_templates": sorted(RARE_TEMPLATES)}
 
 
 def _generator(cfg) -> _Generator:
@@ -760,7 +762,16 @@ def load(cfg, split: str) -> list[Problem]:
     """All problems of `split` (train | eval | warmup); lutra.benchmarks.load subsamples to n_train / n_eval."""
     if split not in SPLITS:
         raise BenchmarkError(f"mini_sql: unknown split {split!r}; choose one of ['train', 'eval', 'warmup']")
-    return list(_generator(cfg).split(split))
+    problems = list(_generator(cfg).split(split))
+    rare = (cfg.options or {}).get("rare_templates")
+    if rare is None:
+        return problems
+    names = {t.name for t in TEMPLATES}
+    if isinstance(rare, str) or not all(isinstance(r, str) and r in names for r in rare):
+        raise BenchmarkError(f"benchmark.options.rare_templates: a list of template names from {sorted(names)}, "
+                             f"got {rare!r}")
+    rare = set(rare)
+    return [dataclasses.replace(p, meta={**p.meta, "rare": p.meta["template"] in rare}) for p in problems]
 
 
 def user_message(problem: Problem) -> str:
