@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,8 +121,9 @@ def launch(cfg, round_dir: Path, k: int, offset: int, loggers) -> dict:
 
     from lutra.artifacts import atomic_write_text
 
-    for stale in (RESULT, METRICS):
+    for stale in (RESULT, METRICS):  # a failed earlier attempt's leftovers must not pass for this one's
         (round_dir / stale).unlink(missing_ok=True)
+    shutil.rmtree(round_dir / "adapter.tmp-save", ignore_errors=True)
     atomic_write_text(round_dir / JOB, OmegaConf.to_yaml({"cfg": cfg, "round": k, "offset": offset}, resolve=True))
     n = devices_per_node(cfg.trainer)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
