@@ -157,6 +157,8 @@ class MethodConfig:
     """K: at most this many distinct (chosen, rejected) pairs per problem, drawn with the run's seed."""
     gold_as_chosen: bool = False
     """Add the ground-truth program as a chosen candidate (gives pairs to problems with no correct sample)."""
+    replay_rounds: int = 0
+    """Also train on the pairs built in the previous N rounds (0: this round's only, as the paper does)."""
     sft_data: str = "correct_samples"
     """For loss=sft: `correct_samples` (distinct correct samples) or `gold` (the train problems' gold programs)."""
     beta: float = 0.1
@@ -189,6 +191,7 @@ class MethodConfig:
         _check(self.temperature > 0, "method.temperature", f"must be > 0, got {self.temperature}")
         _check(0 < self.top_p <= 1, "method.top_p", f"must be in (0, 1], got {self.top_p}")
         _check(self.pairs_per_problem > 0, "method.pairs_per_problem", "must be > 0")
+        _check(self.replay_rounds >= 0, "method.replay_rounds", f"must be >= 0, got {self.replay_rounds}")
         _one_of(self.sft_data, "method.sft_data", ("correct_samples", "gold"))
         _check(self.beta > 0, "method.beta", f"must be > 0, got {self.beta}")
         _check(self.dpo_weight >= 0, "method.dpo_weight", f"must be >= 0, got {self.dpo_weight}")

@@ -162,10 +162,26 @@ class Loop:
         self.policy(k - 1)  # the tokenizer renders the prompts
         for pr in pairs:
             pr["prompt"] = self.prompt(self.by_id[pr["problem_id"]])
+        new = pairs
+        if m.replay_rounds:
+            pairs = [{**pr, "round": k} for pr in pairs] + self._replayed(k, pairs)
+            stats["replayed"] = len(pairs) - len(new)
         write_jsonl(path, pairs)
         self.run.mark(k, "pair", path, time.time() - t0, **stats)
-        self.logger.log_pairs(k, pairs, stats, samples, verdicts)
+        self.logger.log_pairs(k, new, stats, samples, verdicts)
         return pairs
+
+    def _replayed(self, k: int, current: list[dict]) -> list[dict]:
+        """The pairs rounds k-R .. k-1 built themselves (not those they replayed), minus repeats of `current`."""
+        seen = {(p["problem_id"], p["chosen"], p.get("rejected")) for p in current}
+        out = []
+        for j in range(max(1, k - self.cfg.method.replay_rounds), k):
+            for p in read_jsonl(self.run.round_dir(j) / "pairs.jsonl"):
+                key = (p["problem_id"], p["chosen"], p.get("rejected"))
+                if p.get("round", j) == j and key not in seen:
+                    seen.add(key)
+                    out.append({**p, "round": j})
+        return out
 
     def train(self, k: int, pairs: list[dict]) -> None:
         adapter_dir = self.run.round_dir(k) / "adapter"

@@ -56,6 +56,7 @@ def test_default_is_the_embedded_benchmark():
     ("method.beta=-1", "method.beta"),
     ("method.samples_per_problem=0", "method.samples_per_problem"),
     ("method.nll_weight=-0.5", "method.nll_weight"),
+    ("method.replay_rounds=-1", "method.replay_rounds"),
     ("method.nll_reduction=mean", "method.nll_reduction"),
     ("method.temperature=0", "method.temperature"),
     ("method.reference=ref", "method.reference"),

@@ -137,3 +137,19 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, marke
     for k in (1, 2):
         assert (ref_run / f"round_{k}/pairs.jsonl").read_text() == (killed / f"round_{k}/pairs.jsonl").read_text()
     assert not list(killed.rglob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_replay_rounds_trains_on_earlier_rounds_pairs_too(tmp_path):
+    """method.replay_rounds=1: round 2 trains on its own pairs plus round 1's own ones, each pair once."""
+    run = tmp_path / "run"
+    train(run, "rounds=2", "method.replay_rounds=1", f"benchmark.data_dir={tmp_path / 'data'}")
+    m = manifest(run)
+    r1, r2 = ([json.loads(x) for x in (run / f"round_{k}" / "pairs.jsonl").read_text().splitlines()] for k in (1, 2))
+    assert {p["round"] for p in r1} == {1} and {p["round"] for p in r2} == {1, 2}
+    keys = [(p["problem_id"], p["chosen"], p["rejected"]) for p in r2]
+    assert len(keys) == len(set(keys))
+    own = [p for p in r2 if p["round"] == 2]
+    assert m["stages"]["round_2/pair"]["pairs"] == len(own) and m["stages"]["round_2/pair"]["replayed"] == len(r2) - len(own)
+    assert {(p["problem_id"], p["chosen"], p["rejected"]) for p in r1} <= set(keys)
+    assert m["stages"]["round_2/train"]["pairs_used"] + m["stages"]["round_2/train"]["dropped_completion_too_long"] == len(r2)
