@@ -43,6 +43,7 @@ from lutra.strategies import devices_per_node, trainer_kwargs, world_size
 log = logging.getLogger(__name__)
 
 JOB, RESULT, METRICS = "fit_job.yaml", "fit_result.json", "fit_log.jsonl"
+ADAPTER_TMP = "adapter.tmp-save"  # the adapter a fit writes, moved into round_k/adapter by the loop
 
 
 class StepOffset(L.Callback):
@@ -114,16 +115,17 @@ def fit_policy(cfg, model, tok, enc, ref, k: int, offset: int, logger, *, relaun
 
 
 # -- the loop's side -------------------------------------------------------------------------------------------------
-def launch(cfg, round_dir: Path, k: int, offset: int, loggers) -> dict:
+def launch(cfg, round_dir: Path, k: int, offset: int, logger) -> dict:
     """Run round k's fit in torchrun workers (blocking); returns the stats rank 0 wrote. The adapter is left in
-    `round_dir/adapter.tmp-save` for the caller to move into place."""
+    `round_dir/ADAPTER_TMP` for the caller to move into place; the workers' logged metrics go to `logger` (what a
+    Trainer takes: a Lightning logger, a list of them, or False)."""
     from omegaconf import OmegaConf
 
     from lutra.artifacts import atomic_write_text
 
     for stale in (RESULT, METRICS):  # a failed earlier attempt's leftovers must not pass for this one's
         (round_dir / stale).unlink(missing_ok=True)
-    shutil.rmtree(round_dir / "adapter.tmp-save", ignore_errors=True)
+    shutil.rmtree(round_dir / ADAPTER_TMP, ignore_errors=True)
     atomic_write_text(round_dir / JOB, OmegaConf.to_yaml({"cfg": cfg, "round": k, "offset": offset}, resolve=True))
     n = devices_per_node(cfg.trainer)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
@@ -135,6 +137,7 @@ def launch(cfg, round_dir: Path, k: int, offset: int, loggers) -> dict:
         raise RuntimeError(f"round {k}: the training workers failed (torchrun exit status {rc}; their output is "
                            f"above). Re-running the same command resumes at this round's training.")
     stats = json.loads((round_dir / RESULT).read_text())
+    loggers = logger if isinstance(logger, list) else [logger] if logger else []
     for line in (round_dir / METRICS).read_text().splitlines() if (round_dir / METRICS).exists() else ():
         row = json.loads(line)
         for lg in loggers:
@@ -191,11 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         rank = trainer.global_rank
     else:
         state, rank = None, int(os.environ.get("RANK", "0"))
-    if rank == 0:
-        if state is not None:
-            model.save_pretrained(str(rd / "adapter") + ".tmp-save", state_dict=state)
-        else:
-            model.save_pretrained(str(rd / "adapter") + ".tmp-save")
+    if rank == 0:  # state None: nothing was fitted, the starting adapter is saved as it is
+        model.save_pretrained(str(rd / ADAPTER_TMP), state_dict=state)
         atomic_write_text(rd / RESULT, json.dumps(stats))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()

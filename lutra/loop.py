@@ -35,7 +35,7 @@ def run(cfg) -> float:
     if cfg.method.reference == "base" and cfg.method.adapter == "fresh":
         raise ConfigError("method.reference: `base` needs method.adapter=continue (a fresh adapter on merged "
                           "weights has no adapter-free base to fall back to)")
-    if launcher(cfg.trainer) == "relaunch" and cfg.trainer.num_nodes > 1:
+    if cfg.trainer.num_nodes > 1:  # every strategy on several nodes needs the relaunch path (lutra.strategies)
         raise ConfigError(f"trainer.num_nodes: {cfg.trainer.num_nodes} needs ranks started on every node, and lutra "
                           "starts its training workers on this node only (torchrun --standalone); see docs/gpu.md")
     setup_torch()
@@ -193,17 +193,15 @@ class Loop:
         ref = None if m.loss == "sft" or not enc.prompts else self.reference(k, model, tok, enc)
         step_offset = self.run.manifest.setdefault("train_steps", {})
         offset = sum(v for kk, v in step_offset.items() if int(kk) < k)
-        tmp = Path(str(adapter_dir) + ".tmp-save")
+        tmp = self.run.round_dir(k) / fit_worker.ADAPTER_TMP
+        lg = self.logger.lightning()
         if launcher(self.cfg.trainer) == "relaunch":  # FSDP, DeepSpeed, popen DDP: torchrun workers (fit_worker)
             self.model, self.tok, self._policy_round = None, None, None
             del model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            lg = self.logger.lightning()
-            stats = fit_worker.launch(self.cfg, self.run.round_dir(k), k, offset,
-                                      lg if isinstance(lg, list) else [lg] if lg else [])
+            stats = fit_worker.launch(self.cfg, self.run.round_dir(k), k, offset, lg)
         else:
-            lg = self.logger.lightning()
             trainer, module, dm, stats = fit_policy(self.cfg, model, tok, enc, ref, k, offset, lg)
             if trainer is not None:
                 stats["steps"] = fit(trainer, module, dm)
