@@ -41,10 +41,13 @@ class BenchmarkConfig:
     """Split the loop samples and trains on."""
     eval_split: str = "eval"
     """Split evaluated greedily after each round."""
+    held_out_split: Optional[str] = None
+    """A second split evaluated after each round (e.g. an unseen database), reported on its own as
+    `eval/held_out/exec_acc` and never mixed into eval's EX; None: none."""
     n_train: Optional[int] = None
     """Subsample the train split to this many problems (seeded); None keeps all. The paper uses 500."""
     n_eval: Optional[int] = None
-    """Subsample the eval split; None keeps all."""
+    """Subsample the eval split (and the held-out split, each to at most this many); None keeps all."""
     subsample_seed: int = 0
     """Seed of the n_train / n_eval subsampling and of generated benchmarks."""
     timeout_s: float = 5.0

@@ -55,14 +55,17 @@ class Loop:
         self.run = Run(cfg).open()
         self.train_problems = benchmarks.load(cfg.benchmark, cfg.benchmark.train_split)
         self.eval_problems = benchmarks.load(cfg.benchmark, cfg.benchmark.eval_split)
+        held = cfg.benchmark.held_out_split
+        self.held_out_problems = benchmarks.load(cfg.benchmark, held) if held else []
         self.by_id = {p.id: p for p in self.train_problems}
         if cfg.benchmark.executor == "sql":  # a missing or corrupt database fails here, before any model loads
             from lutra.benchmarks.sql_schema import check_databases
 
-            check_databases(self.train_problems + self.eval_problems)
+            check_databases(self.train_problems + self.eval_problems + self.held_out_problems)
         self.capabilities = execution.capabilities() if hasattr(execution, "capabilities") else {}
         self.run.manifest["capabilities"] = self.capabilities
-        self.run.manifest["data"] = {"train": len(self.train_problems), "eval": len(self.eval_problems)}
+        self.run.manifest["data"] = {"train": len(self.train_problems), "eval": len(self.eval_problems),
+                                     "held_out": len(self.held_out_problems)}
         self.run.save()
         log.info("execution sandbox capabilities: %s", self.capabilities)
         self.logger = RunLogger(cfg, self.run)
@@ -239,36 +242,47 @@ class Loop:
         return logps
 
     def evaluate(self, k: int) -> float:
-        from lutra.evaluate import score_predictions
-
         mpath = self.run.round_dir(k) / "metrics.json"
         if self.run.done(k, "evaluate"):
             return read_json(mpath)["exec_acc"]
         t0 = time.time()
-        model, tok = self.policy(k)
-        m = self.cfg.method
-        preds = generate(model, tok, [self.prompt(p) for p in self.eval_problems], n=1, temperature=0.0,
-                         max_new_tokens=self.cfg.model.max_completion_len, batch_size=m.eval_batch_size,
-                         desc=f"round {k}: evaluate")
-        predictions = {p.id: t[0] for p, t in zip(self.eval_problems, preds)}
-        summary = score_predictions(self.eval_problems, predictions, self.cfg.benchmark, self.run.round_dir(k) / "eval")
+        summary = self._score(k, self.eval_problems, "eval", f"round {k}: evaluate")
         metrics = {"round": k, **summary}
+        if self.held_out_problems:  # reported on its own: never part of eval's EX
+            held = self._score(k, self.held_out_problems, "held_out", f"round {k}: evaluate held-out")
+            metrics["held_out"] = {key: held[key] for key in ("exec_acc", "correct", "n", "groups")}
         write_json(mpath, metrics)
-        self.run.mark(k, "evaluate", mpath, time.time() - t0, exec_acc=summary["exec_acc"])
+        extra = {"held_out_acc": metrics["held_out"]["exec_acc"]} if "held_out" in metrics else {}
+        self.run.mark(k, "evaluate", mpath, time.time() - t0, exec_acc=summary["exec_acc"], **extra)
         self.logger.log_eval(k, metrics)
         if k == 0:
-            log.info("round 0 (base model): eval EX %.1f%%", summary["exec_acc"])
+            log.info("round 0 (base model): eval EX %.1f%%%s", summary["exec_acc"], _held_text(extra))
         return summary["exec_acc"]
+
+    def _score(self, k: int, problems: list, name: str, desc: str) -> dict:
+        from lutra.evaluate import score_predictions
+
+        model, tok = self.policy(k)
+        preds = generate(model, tok, [self.prompt(p) for p in problems], n=1, temperature=0.0,
+                         max_new_tokens=self.cfg.model.max_completion_len, batch_size=self.cfg.method.eval_batch_size,
+                         desc=desc)
+        predictions = {p.id: t[0] for p, t in zip(problems, preds)}
+        return score_predictions(problems, predictions, self.cfg.benchmark, self.run.round_dir(k) / name)
 
     def summary_line(self, k: int, seconds: float) -> None:
         st = {s: self.run.stage_info(k, s) for s in ("sample", "execute", "pair", "ref_logps", "train", "evaluate")}
         pair = st["pair"]
         secs = " ".join(f"{s}={st[s].get('seconds', 0):.0f}s" for s in st)
-        log.info("round %d: eval EX %.1f%% | sample acc %.1f%% | pairs %d from %d/%d problems "
+        log.info("round %d: eval EX %.1f%%%s | sample acc %.1f%% | pairs %d from %d/%d problems "
                  "(all-correct %d, all-wrong %d) | %s", k, st["evaluate"].get("exec_acc", float("nan")),
+                 _held_text(st["evaluate"]),
                  st["execute"].get("sample_accuracy", float("nan")), pair.get("pairs", 0),
                  pair.get("with_pairs", 0), pair.get("problems", 0), pair.get("all_correct", 0),
                  pair.get("all_wrong", 0), secs)
+
+
+def _held_text(info: dict) -> str:
+    return f" (held-out split {info['held_out_acc']:.1f}%)" if "held_out_acc" in info else ""
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

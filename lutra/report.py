@@ -26,7 +26,9 @@ METHOD_ORDER = ("codelutra", "dpo", "sft", "sft_gold", "sft_gold_epoch", "nll_on
 # keys that never make two runs different variants (paths, logging, seeds, how long the run was asked to go)
 IGNORED = ("run_dir", "seed", "logger", "log_level", "resume", "rounds", "trainer.enable_progress_bar",
            "benchmark.data_dir", "benchmark.workers")
-# eval/groups/<group>/<value>/exec_acc -> report column (mini_sql's groups; other groups keep a generic name)
+# eval/groups/<group>/<value>/exec_acc -> report column (mini_sql's groups; other groups keep a generic name). Runs
+# before mini_sql's generator version 3 had the held-out database inside eval (group held_out); now it is its own
+# split, logged as eval/held_out/exec_acc
 GROUP_COLUMNS = {("rare", "False"): "ex_common_templates", ("rare", "True"): "ex_rare_templates",
                  ("held_out", "False"): "ex_seen_dbs", ("held_out", "True"): "ex_held_out_db"}
 ROUND_COLUMNS = ("pairs", "problems", "with_pairs", "no_pair", "all_correct", "all_wrong", "sample_acc",
@@ -79,6 +81,8 @@ def load_run(d: Path) -> dict:
             parts = key.split("/")
             if len(parts) == 5 and parts[:2] == ["eval", "groups"] and parts[4] == "exec_acc" and parts[2] != "template":
                 row[GROUP_COLUMNS.get((parts[2], parts[3]), f"ex_{parts[2]}_{parts[3]}")] = _num(v)
+            elif key == "eval/held_out/exec_acc":  # benchmark.held_out_split, scored apart from eval
+                row["ex_held_out_db"] = _num(v)
         for key in ("pairs", "problems", "with_pairs", "all_correct", "all_wrong"):
             row[key] = _num(r.get(f"pairs/{key}"))
         if row["problems"] is not None and row["with_pairs"] is not None:

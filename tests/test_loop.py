@@ -13,9 +13,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A reduced default: tiny warm start, few problems, gold-as-chosen so the round always has pairs to train on.
+# A reduced default: tiny warm start, few problems, gold-as-chosen so the round always has pairs to train on. The
+# warm start's lr is high enough that 8 steps teach the model to stop: a sample without EOS within 24 tokens is a
+# rejected program too long to train on (dropped and counted), so a model that never stops would train nothing.
 REDUCED = [
-    "benchmark.n_train=24", "benchmark.n_eval=24", "benchmark.n_warmup=200", "model.tiny.warm_start_steps=8",
+    "benchmark.n_train=24", "benchmark.n_eval=24", "benchmark.n_warmup=200", "model.tiny.warm_start_steps=8", "model.tiny.warm_start_lr=1e-2",
     "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "model.tiny.num_layers=2",
     "model.tiny.num_heads=4", "model.tiny.num_kv_heads=2", "model.tiny.vocab_size=600",
     "method.samples_per_problem=3", "method.gold_as_chosen=true", "method.batch_size=8",
@@ -57,7 +59,13 @@ def test_one_full_round_writes_every_artifact_and_resumes(tmp_path):
     metrics = json.loads((r1 / "metrics.json").read_text())
     assert metrics["round"] == 1 and 0 <= metrics["exec_acc"] <= 100 and metrics["n"] == 24
     assert "tier" in metrics["groups"] and "rare" in metrics["groups"]
-    assert (run / "rounds.csv").read_text().count("\n") == 3  # header + rounds 0 and 1
+    # the held-out database is scored on its own (n_eval caps it too) and never enters eval's EX
+    held = metrics["held_out"]
+    assert held["n"] == 24 and 0 <= held["exec_acc"] <= 100 and "held_out" not in metrics["groups"]
+    assert len((r1 / "held_out" / "verdicts.jsonl").read_text().splitlines()) == 24
+    assert m["stages"]["round_1/evaluate"]["held_out_acc"] == held["exec_acc"]
+    rounds_csv = (run / "rounds.csv").read_text()
+    assert rounds_csv.count("\n") == 3 and "eval/held_out/exec_acc" in rounds_csv  # header + rounds 0 and 1
     assert (run / "logs" / "metrics.csv").exists()  # Lightning's CSV logger: per-step train metrics
     # the adapter is a real peft adapter, loadable by PeftModel.from_pretrained on the base directory
     from peft import PeftModel

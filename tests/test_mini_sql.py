@@ -13,7 +13,7 @@ import pytest
 from lutra.benchmarks import BenchmarkError, mini_sql
 from lutra.config import BenchmarkConfig
 
-SPLITS = ("train", "eval", "warmup")
+SPLITS = ("train", "eval", "held_out", "warmup")
 
 
 def _cfg(data_dir, **kw) -> BenchmarkConfig:
@@ -36,13 +36,13 @@ def _sha(path: Path) -> str:
 
 def test_sizes_ids_and_fields(gen):
     _, splits = gen
-    assert {s: len(ps) for s, ps in splits.items()} == {"train": 600, "eval": 500, "warmup": 500}
+    assert {s: len(ps) for s, ps in splits.items()} == {"train": 600, "eval": 500, "held_out": 100, "warmup": 500}
     for split, ps in splits.items():
         assert sorted(int(p.id.split("/")[1]) for p in ps) == list(range(len(ps)))
         for p in ps:
             assert p.id.startswith(f"{split}/") and p.language == "sql" and Path(p.db_path).is_absolute()
             assert p.context.startswith("CREATE TABLE")
-            assert set(p.meta) == {"db_id", "template", "tier", "rare", "held_out"}
+            assert set(p.meta) == {"db_id", "template", "tier", "rare"}
             assert p.meta["tier"] in ("easy", "medium", "hard", "extra")
             assert p.meta["rare"] == (p.meta["template"] in mini_sql.RARE_TEMPLATES)
 
@@ -92,13 +92,23 @@ def test_splits_disjoint(gen):
         seen_questions |= questions
 
 
-def test_held_out_domain_only_in_eval(gen):
+def test_held_out_database_has_its_own_split(gen):
     _, splits = gen
     held = {d.db_id for d in mini_sql.DOMAINS if d.held_out}
     assert held
-    assert not any(p.meta["db_id"] in held or p.meta["held_out"] for s in ("train", "warmup") for p in splits[s])
-    frac = sum(p.meta["held_out"] for p in splits["eval"]) / len(splits["eval"])
-    assert 0.12 <= frac <= 0.25
+    assert {p.meta["db_id"] for p in splits["held_out"]} == held
+    assert not any(p.meta["db_id"] in held for s in ("train", "eval", "warmup") for p in splits[s])
+    assert {p.meta["template"] for p in splits["held_out"]} == {t.name for t in mini_sql.TEMPLATES}
+    # eval keeps every seen database, so its EX measures new questions on known schemas
+    assert {p.meta["db_id"] for p in splits["eval"]} == {d.db_id for d in mini_sql.DOMAINS if not d.held_out}
+
+
+def test_held_out_split_is_subsampled_like_eval(tmp_path):
+    from lutra import benchmarks
+
+    cfg = _cfg(tmp_path, held_out_split="held_out", n_eval=7)
+    assert len(benchmarks.load(cfg, "held_out")) == len(benchmarks.load(cfg, "eval")) == 7
+    assert len(benchmarks.load(_cfg(tmp_path, n_eval=7), "held_out")) == 100  # not the configured held-out split
 
 
 def test_templates_domains_and_balance(gen):
@@ -156,8 +166,8 @@ def test_bad_split_and_option(gen):
 
 
 def test_pool_options(tmp_path):
-    cfg = _cfg(tmp_path, n_warmup=0, options={"n_train_pool": 30, "n_eval_pool": 45})
-    assert [len(mini_sql.load(cfg, s)) for s in SPLITS] == [30, 45, 0]
+    cfg = _cfg(tmp_path, n_warmup=0, options={"n_train_pool": 30, "n_eval_pool": 45, "n_held_out_pool": 9})
+    assert [len(mini_sql.load(cfg, s)) for s in SPLITS] == [30, 45, 9, 0]
 
 
 def test_eval_and_train_do_not_depend_on_n_warmup(gen, tmp_path):

@@ -46,13 +46,14 @@ def _module(name: str):
 
 
 def load(cfg, split: str) -> list[Problem]:
-    """Problems of `split`, subsampled to n_train / n_eval with cfg.subsample_seed when those are set."""
+    """Problems of `split`, subsampled to n_train / n_eval (eval and held-out splits) with cfg.subsample_seed."""
     problems = _module(cfg.name).load(cfg, split)
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise BenchmarkError(f"{cfg.name}/{split}: duplicate problem ids {dup}")
-    limit = cfg.n_train if split == cfg.train_split else cfg.n_eval if split == cfg.eval_split else None
+    evaluated = (cfg.eval_split, getattr(cfg, "held_out_split", None))
+    limit = cfg.n_train if split == cfg.train_split else cfg.n_eval if split in evaluated else None
     if limit is not None and limit < len(problems):
         rng = random.Random(f"{cfg.subsample_seed}/{split}")
         keep = set(rng.sample(range(len(problems)), limit))
