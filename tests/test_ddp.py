@@ -138,7 +138,8 @@ def test_lora_weights_identical_across_ranks_and_returned_to_the_main_process(dd
     assert any(not torch.equal(main[n], start[n]) for n in main), "the main process still holds the initial adapter"
 
 
-REDUCED = ["rounds=1", "benchmark.n_train=24", "benchmark.n_warmup=200", "model.tiny.warm_start_steps=8", "model.tiny.warm_start_lr=1e-2",
+REDUCED = ["rounds=1", "benchmark.n_train=24", "benchmark.n_warmup=200", "model.tiny.warm_start_steps=8",
+           "model.tiny.warm_start_lr=1e-2",
            "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "model.tiny.num_layers=2",
            "model.tiny.num_heads=4", "model.tiny.num_kv_heads=2", "model.tiny.vocab_size=600",
            "model.max_completion_len=24", "method.samples_per_problem=2", "method.gold_as_chosen=true",

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # warm start's lr is high enough that 8 steps teach the model to stop: a sample without EOS within 24 tokens is a
 # rejected program too long to train on (dropped and counted), so a model that never stops would train nothing.
 REDUCED = [
-    "benchmark.n_train=24", "benchmark.n_eval=24", "benchmark.n_warmup=200", "model.tiny.warm_start_steps=8", "model.tiny.warm_start_lr=1e-2",
+    "benchmark.n_train=24", "benchmark.n_eval=24", "benchmark.n_warmup=200", "model.tiny.warm_start_steps=8",
+    "model.tiny.warm_start_lr=1e-2",
     "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "model.tiny.num_layers=2",
     "model.tiny.num_heads=4", "model.tiny.num_kv_heads=2", "model.tiny.vocab_size=600",
     "method.samples_per_problem=3", "method.gold_as_chosen=true", "method.batch_size=8",

@@ -34,7 +34,8 @@ register_configs()
 # always has pairs), with a step logged every step so logs/metrics.csv has rows for the report.
 REDUCED = [
     "benchmark=mini_sql", "model=tiny", "benchmark.n_train=16", "benchmark.n_eval=16", "benchmark.n_warmup=200",
-    "model.tiny.warm_start_steps=8", "model.tiny.warm_start_lr=1e-2", "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128",
+    "model.tiny.warm_start_steps=8", "model.tiny.warm_start_lr=1e-2", "model.tiny.hidden_size=64",
+    "model.tiny.intermediate_size=128",
     "model.tiny.num_layers=2", "model.tiny.num_heads=4", "model.tiny.num_kv_heads=2", "model.tiny.vocab_size=600",
     "method.samples_per_problem=3", "method.gold_as_chosen=true", "method.batch_size=8",
     "method.max_steps_per_round=3", "model.max_completion_len=24", "trainer=cpu", "logger=csv",

@@ -46,7 +46,7 @@ def _module(name: str):
 
 
 def load(cfg, split: str) -> list[Problem]:
-    """Problems of `split`, subsampled to n_train / n_eval (eval and held-out splits) with cfg.subsample_seed."""
+    """Problems of `split`, subsampled (seeded by cfg.subsample_seed) to n_train, or n_eval for eval / held-out."""
     problems = _module(cfg.name).load(cfg, split)
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):

@@ -765,7 +765,7 @@ def _generator(cfg) -> _Generator:
 
 
 def load(cfg, split: str) -> list[Problem]:
-    """All problems of `split` (train | eval | held_out | warmup); lutra.benchmarks.load subsamples to n_train / n_eval."""
+    """All problems of `split` (train | eval | held_out | warmup); lutra.benchmarks.load subsamples them."""
     if split not in SPLITS:
         raise BenchmarkError(f"mini_sql: unknown split {split!r}; choose one of {sorted(SPLITS)}")
     problems = list(_generator(cfg).split(split))
