@@ -169,8 +169,7 @@ def build_tiny(model_cfg, bench_cfg, out_dir: Path) -> None:
     torch.manual_seed(bench_cfg.subsample_seed)
     warmup = _warmup_problems(bench_cfg, t.rare_templates_keep, bench_cfg.subsample_seed)
     train = benchmarks.load(bench_cfg, bench_cfg.train_split)
-    evals = [p for split in (bench_cfg.eval_split, bench_cfg.held_out_split) if split
-             for p in benchmarks.load(bench_cfg, split)]
+    evals = [p for split in benchmarks.evaluated_splits(bench_cfg) for p in benchmarks.load(bench_cfg, split)]
     # the tokenizer sees warm-up and train text and the evaluated schemas, never an evaluated gold program
     texts = [benchmarks.user_message(bench_cfg, p) + "\n" + p.gold for p in warmup + train]
     texts += sorted({p.context for p in evals})

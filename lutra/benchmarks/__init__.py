@@ -45,6 +45,11 @@ def _module(name: str):
     return importlib.import_module(f"lutra.benchmarks.{name}")
 
 
+def evaluated_splits(cfg) -> tuple[str, ...]:
+    """The splits scored after every round: eval_split, then held_out_split when one is set."""
+    return (cfg.eval_split, cfg.held_out_split) if cfg.held_out_split else (cfg.eval_split,)
+
+
 def load(cfg, split: str) -> list[Problem]:
     """Problems of `split`, subsampled (seeded by cfg.subsample_seed) to n_train, or n_eval for eval / held-out."""
     problems = _module(cfg.name).load(cfg, split)
@@ -52,8 +57,7 @@ def load(cfg, split: str) -> list[Problem]:
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise BenchmarkError(f"{cfg.name}/{split}: duplicate problem ids {dup}")
-    evaluated = (cfg.eval_split, getattr(cfg, "held_out_split", None))
-    limit = cfg.n_train if split == cfg.train_split else cfg.n_eval if split in evaluated else None
+    limit = cfg.n_train if split == cfg.train_split else cfg.n_eval if split in evaluated_splits(cfg) else None
     if limit is not None and limit < len(problems):
         rng = random.Random(f"{cfg.subsample_seed}/{split}")
         keep = set(rng.sample(range(len(problems)), limit))
