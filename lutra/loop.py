@@ -25,7 +25,7 @@ from lutra.module import reference_logps
 from lutra.pairs import build_pairs, sft_targets
 from lutra.run import Run
 from lutra.sampling import generate
-from lutra.strategies import device_for, fit, launcher
+from lutra.strategies import autocast, device_for, fit, launcher
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,9 @@ class Loop:
                 return saved["logps"]
             log.warning("round %d: cached reference log-probs do not match the pairs/policy: recomputing", k)
         t0 = time.time()
-        logps = reference_logps(model, ordered_batches(enc, self.cfg.method.batch_size, tok.pad_token_id),
-                                use_base=self.cfg.method.reference == "base")
+        with autocast(self.cfg.trainer, self.device):  # the arithmetic `fit` will run the policy in
+            logps = reference_logps(model, ordered_batches(enc, self.cfg.method.batch_size, tok.pad_token_id),
+                                    use_base=self.cfg.method.reference == "base")
         import io
 
         from lutra.artifacts import atomic_write_bytes

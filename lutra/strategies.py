@@ -85,6 +85,16 @@ def precision(tcfg) -> str:
     return str(tcfg.precision)
 
 
+def autocast(tcfg, device: str | torch.device):
+    """The autocast context Lightning runs `fit` under for this trainer config, for passes outside `fit`.
+
+    The reference log-probs must be the starting policy under the same arithmetic as the training forward: one
+    computed in fp32 against a bf16-mixed policy is off by bf16 rounding, and the first DPO step is then not log 2.
+    """
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision(tcfg))
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
 def is_decoder_layer(module: torch.nn.Module) -> bool:
     """FSDP wrap unit: one transformer block (LlamaDecoderLayer, GemmaDecoderLayer, Qwen2DecoderLayer, ...)."""
     return type(module).__name__.endswith(("DecoderLayer", "Block"))

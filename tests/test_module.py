@@ -80,3 +80,45 @@ def test_shared_prefix_logps_equal_plain_forward(tokenizer, small_model, model_c
         plain = sequence_logps(logits, batch["labels"], batch["loss_mask"])
         torch.testing.assert_close(shared, plain, atol=1e-4, rtol=1e-5)
         assert lengths.tolist() == batch["loss_mask"].sum(-1).tolist()
+
+
+def _first_dpo_under(precision: str, accelerator: str, tokenizer, small_model, model_cfg, matched: bool) -> float:
+    """First step's DPO term when fit runs in `precision` and the reference was computed under the loop's autocast
+    for that precision (matched) or in plain fp32 (not matched)."""
+    from lutra import strategies
+    from lutra.config import TrainerConfig
+
+    device = "cuda" if accelerator == "gpu" else "cpu"
+    torch.manual_seed(0)
+    policy = get_peft_model(copy.deepcopy(small_model), lora_config(model_cfg)).to(device)
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    tcfg = TrainerConfig(accelerator=accelerator, devices=1, precision=precision, enable_progress_bar=False)
+    enc = encode_pairs(tokenizer, _pairs(tokenizer, model_cfg), model_cfg)
+    ctx = strategies.autocast(tcfg, device) if matched else torch.autocast(device, enabled=False)
+    with ctx:
+        ref = reference_logps(policy, ordered_batches(enc, 2, tokenizer.pad_token_id), use_base=False, progress=False)
+    cap = Capture()
+    trainer = L.Trainer(**strategies.trainer_kwargs(tcfg), max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, callbacks=[cap])
+    method = MethodConfig(name="codelutra", beta=0.1, nll_weight=1.0, batch_size=2)
+    trainer.fit(PolicyModule(policy, method, lr=1e-2, total_steps=1),
+                datamodule=PreferenceDataModule(enc, ref, batch_size=2, pad_id=tokenizer.pad_token_id, seed=0))
+    return cap.first["train/loss/dpo"]
+
+
+def test_reference_under_fit_precision_keeps_first_step_log2(tokenizer, small_model, model_cfg):
+    """bf16-mixed fit: a reference computed in fp32 is off by bf16 rounding; the loop's autocast makes it exact."""
+    args = ("bf16-mixed", "cpu", tokenizer, small_model, model_cfg)
+    assert _first_dpo_under(*args, matched=True) == pytest.approx(math.log(2), abs=1e-6)
+    # small here (a 2-layer model, ~10-token completions: 3.7e-5), it grows with depth and completion length
+    assert abs(_first_dpo_under(*args, matched=False) - math.log(2)) > 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_reference_under_fit_precision_keeps_first_step_log2_on_gpu(tokenizer, small_model, model_cfg):
+    args = ("bf16-mixed", "gpu", tokenizer, small_model, model_cfg)
+    assert _first_dpo_under(*args, matched=True) == pytest.approx(math.log(2), abs=1e-6)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU checks a lent device machine runs in one call (docs/gpu.md, "Measured"): the gpu-marked tests, the
+# default command on the GPU (trainer=auto), FSDP worker mode, ddp_spawn, and bench/gpu_memory.py at Llama-3-8B's
+# shape. Each stage has its own time limit, so one hang costs only its stage. Logs go to $OUT (default ./gpu_out).
+#
+#   bash bench/gpu_check.sh            # needs the packages installed, or wheels under .whl/ (installed to /tmp/site)
+set -u
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT" /tmp/runs
+export PYTHONUNBUFFERED=1 WANDB_MODE=offline HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
+fi
+TINY=${TINY:-$(ls -d outputs/models/tiny-mini_sql-* 2>/dev/null | head -1)}
+stage() {  # stage NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "stage $name: rc=$rc seconds=$((SECONDS - t0))" | tee -a "$OUT/summary.txt"
+}
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, transformers, peft, lightning, trl; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'transformers', transformers.__version__, 'peft', peft.__version__, 'lightning', lightning.__version__, 'trl', trl.__version__)"
+  python3 -c "import deepspeed" 2>&1 | tail -1
+  python3 -c "import vllm" 2>&1 | tail -1
+  python3 -c "import bitsandbytes" 2>&1 | tail -1
+  echo "tiny model: $TINY"
+} >"$OUT/summary.txt" 2>&1
+
+stage pytest_gpu 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_strategies.py tests/test_module.py \
+  tests/test_vllm_backend.py
+# the default command, unchanged but for the cached base's path (trainer=auto must pick the GPU)
+stage default_auto 230 python3 -m lutra.train model.path="$TINY" hydra.run.dir=/tmp/runs/auto
+stage fsdp 130 python3 -m lutra.train model.path="$TINY" trainer=fsdp model.dtype=float32 rounds=1 \
+  benchmark.n_train=120 benchmark.n_eval=100 hydra.run.dir=/tmp/runs/fsdp
+stage memory 170 python3 bench/gpu_memory.py --pairs 1,2,8 --trl-pairs 2,8 --steps 3 --out "$OUT/gpu_memory.json"
+stage ddp_spawn 100 python3 -m lutra.train model.path="$TINY" trainer=ddp rounds=1 benchmark.n_train=120 \
+  benchmark.n_eval=100 hydra.run.dir=/tmp/runs/ddp
+tar -czf "$OUT/runs.tgz" -C /tmp runs --exclude='*.safetensors' --exclude='*.pt' 2>/dev/null
+cat "$OUT/summary.txt"
