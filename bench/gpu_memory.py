@@ -139,10 +139,10 @@ def run_lutra(shape: str, pairs_list: list[int], steps: int, device: str, length
         ends: list[float] = []
 
         class Timer(L.Callback):
-            def on_train_batch_end(self, *a, **k):
+            def on_train_batch_end(self, *a, _ends=ends, **k):
                 if cuda:
                     torch.cuda.synchronize()
-                ends.append(time.perf_counter())
+                _ends.append(time.perf_counter())
 
         total = steps + 1
         method = MethodConfig(name="codelutra", batch_size=pairs, nll_reduction="token_mean")
@@ -190,10 +190,10 @@ def run_trl(shape: str, pairs_list: list[int], steps: int, device: str, lengths=
         ends: list[float] = []
 
         class Timer(TrainerCallback):
-            def on_step_end(self, args, st, control, **kw):
+            def on_step_end(self, args, st, control, _ends=ends, **kw):
                 if cuda:
                     torch.cuda.synchronize()
-                ends.append(time.perf_counter())
+                _ends.append(time.perf_counter())
 
         with tempfile.TemporaryDirectory() as tmp:
             args = DPOConfig(output_dir=tmp, per_device_train_batch_size=pairs, max_steps=steps + 1,
