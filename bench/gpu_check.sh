@@ -4,7 +4,10 @@
 # shape. Each stage has its own time limit, so one hang costs only its stage. Logs go to $OUT (default ./gpu_out).
 #
 #   bash bench/gpu_check.sh            # needs the packages installed, or wheels under .whl/ (installed to /tmp/site)
+#   STAGES="fsdp memory" bash bench/gpu_check.sh     # some stages only; AUTO_ROUNDS=2 shortens the default command
 set -u
+STAGES=${STAGES:-pytest_gpu default_auto fsdp memory ddp_spawn}
+AUTO_ROUNDS=${AUTO_ROUNDS:-4}
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT" /tmp/runs
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -15,6 +18,7 @@ fi
 TINY=${TINY:-$(ls -d outputs/models/tiny-mini_sql-* 2>/dev/null | head -1)}
 stage() {  # stage NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
+  [[ " $STAGES " == *" $name "* ]] || return 0
   local t0=$SECONDS
   timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
@@ -33,7 +37,7 @@ stage() {  # stage NAME SECONDS COMMAND...
 stage pytest_gpu 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_strategies.py tests/test_module.py \
   tests/test_vllm_backend.py
 # the default command, unchanged but for the cached base's path (trainer=auto must pick the GPU)
-stage default_auto 230 python3 -m lutra.train model.path="$TINY" hydra.run.dir=/tmp/runs/auto
+stage default_auto 230 python3 -m lutra.train model.path="$TINY" rounds=$AUTO_ROUNDS hydra.run.dir=/tmp/runs/auto
 stage fsdp 130 python3 -m lutra.train model.path="$TINY" trainer=fsdp model.dtype=float32 rounds=1 \
   benchmark.n_train=120 benchmark.n_eval=100 hydra.run.dir=/tmp/runs/fsdp
 stage memory 170 python3 bench/gpu_memory.py --pairs 1,2,8 --trl-pairs 2,8 --steps 3 --out "$OUT/gpu_memory.json"

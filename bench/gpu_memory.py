@@ -129,6 +129,7 @@ def run_lutra(shape: str, pairs_list: list[int], steps: int, device: str, length
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        policy.to(device)  # the previous fit's teardown left it on the CPU
         t = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             ref = reference_logps(policy, ordered_batches(enc, pairs, 0), use_base=False, progress=False)

@@ -107,6 +107,21 @@ class PolicyModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.model.eval()  # dropout off; Lightning switched the module to train mode
+        # transformers checkpoints a layer only while that layer is in train mode: put back those modules alone (not
+        # their children, so every dropout stays off), or gradient checkpointing would silently be off in training
+        for mod in self.model.modules():
+            if getattr(mod, "gradient_checkpointing", False) is True:
+                mod.training = True
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            # Lightning's FSDP precision plugin refuses norm clipping (Lightning-AI/pytorch-lightning#19235); the
+            # FSDP root module's clip_grad_norm_ takes the norm over every rank's shard
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         m = self.method

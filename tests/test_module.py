@@ -122,3 +122,35 @@ def test_reference_under_fit_precision_keeps_first_step_log2(tokenizer, small_mo
 def test_reference_under_fit_precision_keeps_first_step_log2_on_gpu(tokenizer, small_model, model_cfg):
     args = ("bf16-mixed", "gpu", tokenizer, small_model, model_cfg)
     assert _first_dpo_under(*args, matched=True) == pytest.approx(math.log(2), abs=1e-6)
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_gradient_checkpointing_runs_in_preference_training(tokenizer, small_model, model_cfg, checkpointing):
+    """PolicyModule turns dropout off with eval(); transformers checkpoints a layer only in train mode, so the
+    checkpointed layers must be put back: each layer's attention then runs twice a step (forward, and the recompute
+    in backward), and the first DPO term is still exactly log 2 (dropout off)."""
+    torch.manual_seed(0)
+    model_cfg.lora_dropout = 0.3
+    base = copy.deepcopy(small_model)
+    if checkpointing:
+        base.gradient_checkpointing_enable()
+        base.config.use_cache = False
+    policy = get_peft_model(base, lora_config(model_cfg))
+    calls = []  # counted on each layer's attention: a checkpointed layer's own hooks may sit outside the checkpoint
+    layers = [m.self_attn for m in policy.modules() if type(m).__name__.endswith("DecoderLayer")]
+    assert layers
+    for m in layers:
+        m.register_forward_hook(lambda *a: calls.append(1))
+    enc = encode_pairs(tokenizer, _pairs(tokenizer, model_cfg), model_cfg)
+    ref = reference_logps(policy, ordered_batches(enc, 2, tokenizer.pad_token_id), use_base=False, progress=False)
+    calls.clear()
+    cap = Capture()
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[cap])
+    method = MethodConfig(name="codelutra", beta=0.1, nll_weight=1.0, batch_size=2)
+    trainer.fit(PolicyModule(policy, method, lr=1e-2, total_steps=1),
+                datamodule=PreferenceDataModule(enc, ref, batch_size=2, pad_id=tokenizer.pad_token_id, seed=0))
+    assert len(calls) == len(layers) * (2 if checkpointing else 1)
+    assert cap.first["train/loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)
+    dropouts = [m for m in policy.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and not any(m.training for m in dropouts)
