@@ -16,7 +16,7 @@ the worst case the loop admits), random token ids.
   gradient_checkpointing=True)` with the same peft LoRA config, fed the same token ids.
 
 Each implementation runs in its own process, so torch.cuda.max_memory_allocated is that implementation's peak.
-"step peak" is the peak while training minus nothing: weights, LoRA, optimizer state and activations together.
+"step peak" is the peak while training, everything counted: weights, LoRA, optimizer state and activations.
 Time per step is the median over `--steps` steps after one warm-up step.
 """
 
