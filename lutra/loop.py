@@ -208,7 +208,6 @@ class Loop:
             trainer, module, dm, stats = fit_policy(self.cfg, model, tok, enc, ref, k, offset, lg)
             if trainer is not None:
                 stats["steps"] = fit(trainer, module, dm)
-                model.to(self.device)  # Lightning's teardown leaves the module on the CPU; sampling and eval use it
             model.save_pretrained(str(tmp))
             self._policy_round = k
         step_offset[str(k)] = stats["steps"]

@@ -176,12 +176,15 @@ def fit(trainer, module, datamodule=None) -> int:
 
     Under a spawn launcher the main process's `trainer.global_step` stays 0 (its fit loop never ran); the count
     comes back from rank 0 instead. After a `relaunch` fit the process group is torn down so the next round's
-    Trainer starts a fresh one with its newly launched ranks rather than reusing the exited ones.
+    Trainer starts a fresh one with its newly launched ranks rather than reusing the exited ones. The module ends on
+    the device it started on (Lightning's teardown moves it to the CPU).
     """
     if launcher_of(trainer) == "spawn" and torch.cuda.is_available():
         torch.cuda.empty_cache()  # the workers need the memory the main process's sampler cached
     trainer.callbacks.append(StepCount())
+    device = next(module.parameters()).device
     trainer.fit(module, datamodule=datamodule)
+    module.to(device)  # Lightning's teardown leaves it on the CPU; the loop samples and evaluates with it next
     steps = trainer.global_step or int(trainer.callback_metrics.pop(STEPS_KEY, torch.tensor(0.0)).item())
     trainer.callback_metrics.pop(STEPS_KEY, None)
     if launcher_of(trainer) == "relaunch" and torch.distributed.is_available() and torch.distributed.is_initialized():
