@@ -152,5 +152,8 @@ def test_gradient_checkpointing_runs_in_preference_training(tokenizer, small_mod
                 datamodule=PreferenceDataModule(enc, ref, batch_size=2, pad_id=tokenizer.pad_token_id, seed=0))
     assert len(calls) == len(layers) * (2 if checkpointing else 1)
     assert cap.first["train/loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)
+    # gradients reach the LoRA weights inside the checkpointed layers (B starts at zero: only a gradient moves it)
+    lora_b = [p for n, p in policy.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.detach().abs().sum() > 0 for p in lora_b)
     dropouts = [m for m in policy.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and not any(m.training for m in dropouts)
