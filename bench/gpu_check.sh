@@ -40,7 +40,8 @@ stage pytest_gpu 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_
 stage default_auto 230 python3 -m lutra.train model.path="$TINY" rounds=$AUTO_ROUNDS hydra.run.dir=/tmp/runs/auto
 stage fsdp 130 python3 -m lutra.train model.path="$TINY" trainer=fsdp model.dtype=float32 rounds=1 \
   benchmark.n_train=120 benchmark.n_eval=100 hydra.run.dir=/tmp/runs/fsdp
-stage memory 170 python3 bench/gpu_memory.py --pairs 1,2,8 --trl-pairs 2,8 --steps 3 --out "$OUT/gpu_memory.json"
+stage memory 170 python3 bench/gpu_memory.py --pairs 1,2,8 --trl-pairs 2,8 --steps 3 --worker-timeout 90 \
+  --out "$OUT/gpu_memory.json"
 stage ddp_spawn 100 python3 -m lutra.train model.path="$TINY" trainer=ddp rounds=1 benchmark.n_train=120 \
   benchmark.n_eval=100 hydra.run.dir=/tmp/runs/ddp
 tar -czf "$OUT/runs.tgz" -C /tmp runs --exclude='*.safetensors' --exclude='*.pt' 2>/dev/null

@@ -227,9 +227,13 @@ def run_trl(shape: str, pairs_list: list[int], steps: int, device: str, lengths=
     return rows
 
 
-def _spawn(spec: dict) -> list[dict]:
+def _spawn(spec: dict, timeout: float) -> list[dict]:
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), "--out", f.name])
+        try:
+            r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), "--out", f.name],
+                               timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return [{"impl": spec["impl"], "error": f"timed out after {timeout:.0f} s"}]
         if r.returncode != 0:
             return [{"impl": spec["impl"], "error": f"exit {r.returncode}"}]
         return json.loads(Path(f.name).read_text())
@@ -243,6 +247,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     ap.add_argument("--lengths", default=None, help="PROMPT,COMPLETION tokens (default: the model config's maxima)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--worker-timeout", type=float, default=600, help="seconds per implementation's process")
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker")
     args = ap.parse_args()
@@ -253,22 +258,24 @@ def main() -> None:
         rows = fn(spec["shape"], spec["pairs"], spec["steps"], spec["device"], spec["lengths"])
         Path(args.out).write_text(json.dumps(rows))
         return
-    rows = []
-    for impl, pl in (("lutra", args.pairs), ("trl", args.trl_pairs)):
-        if pl:
-            rows += _spawn({"impl": impl, "shape": args.shape, "pairs": [int(x) for x in pl.split(",")],
-                            "steps": args.steps, "device": args.device, "lengths": lengths})
     import torch
 
     res = {"machine": common.machine(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-           "shape": args.shape, "rows": rows}
-    print(common.table(rows, ["impl", "pairs", "prompt_len", "weights_gb", "ref_peak_gb", "step_peak_gb",
-                              "step_reserved_gb", "predicted_total_gb", "step_s", "tokens_per_s"]))
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.out}")
-    else:
-        print(f"wrote {common.write_result('gpu_memory', res)}")
+           "shape": args.shape, "rows": []}
+    for impl, pl in (("lutra", args.pairs), ("trl", args.trl_pairs)):
+        if pl:
+            res["rows"] += _spawn({"impl": impl, "shape": args.shape, "pairs": [int(x) for x in pl.split(",")],
+                                   "steps": args.steps, "device": args.device, "lengths": lengths},
+                                  args.worker_timeout)
+            # written after each implementation: a later one that hangs or is killed loses only its own rows
+            where = Path(args.out) if args.out else None
+            if where:
+                where.write_text(json.dumps(res, indent=1))
+            else:
+                where = common.write_result("gpu_memory", res)
+    print(common.table(res["rows"], ["impl", "pairs", "prompt_len", "weights_gb", "ref_peak_gb", "step_peak_gb",
+                                     "step_reserved_gb", "predicted_total_gb", "step_s", "tokens_per_s"]))
+    print(f"wrote {where}")
 
 
 if __name__ == "__main__":
