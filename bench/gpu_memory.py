@@ -274,7 +274,7 @@ def main() -> None:
             else:
                 where = common.write_result("gpu_memory", res)
     print(common.table(res["rows"], ["impl", "pairs", "prompt_len", "weights_gb", "ref_peak_gb", "step_peak_gb",
-                                     "step_reserved_gb", "predicted_total_gb", "step_s", "tokens_per_s"]))
+                                     "step_reserved_gb", "predicted_total_gb", "step_s", "tokens_per_s", "error"]))
     print(f"wrote {where}")
 
 
