@@ -96,6 +96,14 @@ def llama(size: str, seed: int = 0):
     return model
 
 
+def repeat_pairs(enc, times: int):
+    """`enc`'s pairs `times` over, in order (one copy per timed step, so every step sees the same batch)."""
+    from lutra.data import EncodedPairs
+
+    return EncodedPairs(prompts=enc.prompts * times, chosen=enc.chosen * times, rejected=enc.rejected * times,
+                        index=list(range(len(enc.prompts) * times)))
+
+
 def lora_config():
     from peft import LoraConfig
 

@@ -94,13 +94,6 @@ def encoded(pairs: int, prompt_len: int, completion_len: int, vocab: int, seed: 
                         rejected=[ids(completion_len - 1) + [2] for _ in range(pairs)], index=list(range(pairs)))
 
 
-def _repeat(enc, times):
-    from lutra.data import EncodedPairs
-
-    return EncodedPairs(prompts=enc.prompts * times, chosen=enc.chosen * times, rejected=enc.rejected * times,
-                        index=list(range(len(enc.prompts) * times)))
-
-
 def run_lutra(shape: str, pairs_list: list[int], steps: int, device: str, lengths=None) -> list[dict]:
     import lightning as L
     import torch
@@ -147,7 +140,7 @@ def run_lutra(shape: str, pairs_list: list[int], steps: int, device: str, length
 
         total = steps + 1
         method = MethodConfig(name="codelutra", batch_size=pairs, nll_reduction="token_mean")
-        dm = PreferenceDataModule(_repeat(enc, total), ref.repeat(total, 1), pairs, 0, seed=0)
+        dm = PreferenceDataModule(common.repeat_pairs(enc, total), ref.repeat(total, 1), pairs, 0, seed=0)
         trainer = L.Trainer(**trainer_kwargs(tcfg), max_steps=total, logger=False, enable_checkpointing=False,
                             enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Timer()])
         t0 = time.perf_counter()
@@ -187,7 +180,7 @@ def run_trl(shape: str, pairs_list: list[int], steps: int, device: str, lengths=
 
     rows = []
     for pairs in pairs_list:
-        enc = _repeat(encoded(pairs, plen, clen, vocab), steps + 1)
+        enc = common.repeat_pairs(encoded(pairs, plen, clen, vocab), steps + 1)
         ends: list[float] = []
 
         class Timer(TrainerCallback):

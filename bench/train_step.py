@@ -50,13 +50,6 @@ def _encoded(pairs: int):
     return tok, encode_pairs(tok, records, common.model_cfg())
 
 
-def _repeat(enc, times: int):
-    from lutra.data import EncodedPairs
-
-    return EncodedPairs(prompts=enc.prompts * times, chosen=enc.chosen * times, rejected=enc.rejected * times,
-                        index=list(range(len(enc.prompts) * times)))
-
-
 def _trl_trainer(model, tok, enc, *, batch: int, precompute: bool, steps: int, out_dir: str, callbacks=()):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -161,8 +154,8 @@ def run_trl(size: str, pairs: int, steps: int, warmup: int, precompute: bool) ->
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        trainer = _trl_trainer(common.llama(size), tok, _repeat(enc, total), batch=pairs, precompute=precompute,
-                               steps=total, out_dir=tmp, callbacks=[Timer()])
+        trainer = _trl_trainer(common.llama(size), tok, common.repeat_pairs(enc, total), batch=pairs,
+                               precompute=precompute, steps=total, out_dir=tmp, callbacks=[Timer()])
         setup_s = time.perf_counter() - t
         trainer.train()
     return {**_summary(ends, state["t0"], warmup, mon, state["rss"]), "setup_s": setup_s}
@@ -186,7 +179,7 @@ def run_lutra(size: str, pairs: int, steps: int, warmup: int, share: bool, light
     policy = get_peft_model(common.llama(size), common.lora_config())
     ref = reference_logps(policy, ordered_batches(enc, pairs, tok.pad_token_id), use_base=False, progress=False)
     setup_s = time.perf_counter() - t
-    ds = PairDataset(_repeat(enc, total), ref.repeat(total, 1))
+    ds = PairDataset(common.repeat_pairs(enc, total), ref.repeat(total, 1))
     loader = DataLoader(ds, batch_size=pairs, shuffle=False, collate_fn=lambda b: collate(b, tok.pad_token_id))
     ends: list[float] = []
     if lightning:

@@ -11,6 +11,7 @@ import inspect
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from lutra.loss import dpo_nll_loss, sft_loss
 
@@ -114,8 +115,6 @@ class PolicyModule(L.LightningModule):
                 mod.training = True
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        from lightning.pytorch.strategies import FSDPStrategy
-
         if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
             # Lightning's FSDP precision plugin refuses norm clipping (Lightning-AI/pytorch-lightning#19235); the
             # FSDP root module's clip_grad_norm_ takes the norm over every rank's shard

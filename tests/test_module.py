@@ -31,32 +31,45 @@ def _pairs(tokenizer, model_cfg):
              "chosen": "SELECT COUNT(*) FROM singer WHERE age > 30", "rejected": "SELECT COUNT(*) FROM singer"}]
 
 
+def _policy(small_model, model_cfg, *, perturb: bool, device: str = "cpu"):
+    """A peft LoRA policy on a copy of the model; `perturb`: non-zero LoRA B, so the adapter changes the output."""
+    policy = get_peft_model(copy.deepcopy(small_model), lora_config(model_cfg)).to(device)
+    if perturb:
+        with torch.no_grad():
+            for n, p in policy.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02)
+    return policy
+
+
+def _one_step(policy, enc, ref, pad_id, method, **trainer_kwargs) -> dict:
+    """The logged metrics of one Lightning training step (CPU unless trainer_kwargs say otherwise)."""
+    cap = Capture()
+    kw = {"accelerator": "cpu", "enable_progress_bar": False, **trainer_kwargs}
+    trainer = L.Trainer(**kw, max_steps=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        callbacks=[cap])
+    trainer.fit(PolicyModule(policy, method, lr=1e-2, total_steps=1),
+                datamodule=PreferenceDataModule(enc, ref, batch_size=2, pad_id=pad_id, seed=0))
+    return cap.first
+
+
 @pytest.mark.parametrize("reference", ["previous", "base"])
 def test_first_step_dpo_is_log2_and_only_lora_moves(tokenizer, small_model, model_cfg, reference):
     torch.manual_seed(0)
     model_cfg.lora_dropout = 0.3  # dropout must be off during preference training regardless
-    policy = get_peft_model(copy.deepcopy(small_model), lora_config(model_cfg))
-    # non-zero LoRA B so the adapter changes the output: `base` and `previous` then differ
-    with torch.no_grad():
-        for n, p in policy.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.02)
+    policy = _policy(small_model, model_cfg, perturb=True)  # so `base` and `previous` differ
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
     method = MethodConfig(name="codelutra", beta=0.1, nll_weight=1.0, batch_size=2, reference=reference)
     enc = encode_pairs(tokenizer, _pairs(tokenizer, model_cfg), model_cfg)
     ref = reference_logps(policy, ordered_batches(enc, 2, tokenizer.pad_token_id), use_base=reference == "base",
                           progress=False)
     assert ref.shape == (2, 2)
-    dm = PreferenceDataModule(enc, ref, batch_size=2, pad_id=tokenizer.pad_token_id, seed=0)
-    cap = Capture()
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[cap])
-    trainer.fit(PolicyModule(policy, method, lr=1e-2, total_steps=1), datamodule=dm)
+    first = _one_step(policy, enc, ref, tokenizer.pad_token_id, method)
     if reference == "previous":
-        assert cap.first["train/loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)
-        assert cap.first["train/rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+        assert first["train/loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)
+        assert first["train/rewards/margins"] == pytest.approx(0.0, abs=1e-5)
     else:
-        assert cap.first["train/loss/dpo"] != pytest.approx(math.log(2), abs=1e-4)
+        assert first["train/loss/dpo"] != pytest.approx(math.log(2), abs=1e-4)
     moved = {n for n, p in policy.named_parameters() if not torch.equal(p.detach(), before[n])}
     lora = {n for n, p in policy.named_parameters() if "lora_" in n}
     assert moved, "nothing was trained"
@@ -90,23 +103,15 @@ def _first_dpo_under(precision: str, accelerator: str, tokenizer, small_model, m
 
     device = "cuda" if accelerator == "gpu" else "cpu"
     torch.manual_seed(0)
-    policy = get_peft_model(copy.deepcopy(small_model), lora_config(model_cfg)).to(device)
-    with torch.no_grad():
-        for n, p in policy.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.02)
+    policy = _policy(small_model, model_cfg, perturb=True, device=device)
     tcfg = TrainerConfig(accelerator=accelerator, devices=1, precision=precision, enable_progress_bar=False)
     enc = encode_pairs(tokenizer, _pairs(tokenizer, model_cfg), model_cfg)
     ctx = strategies.autocast(tcfg, device) if matched else torch.autocast(device, enabled=False)
     with ctx:
         ref = reference_logps(policy, ordered_batches(enc, 2, tokenizer.pad_token_id), use_base=False, progress=False)
-    cap = Capture()
-    trainer = L.Trainer(**strategies.trainer_kwargs(tcfg), max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, callbacks=[cap])
     method = MethodConfig(name="codelutra", beta=0.1, nll_weight=1.0, batch_size=2)
-    trainer.fit(PolicyModule(policy, method, lr=1e-2, total_steps=1),
-                datamodule=PreferenceDataModule(enc, ref, batch_size=2, pad_id=tokenizer.pad_token_id, seed=0))
-    return cap.first["train/loss/dpo"]
+    return _one_step(policy, enc, ref, tokenizer.pad_token_id, method,
+                     **strategies.trainer_kwargs(tcfg))["train/loss/dpo"]
 
 
 def test_reference_under_fit_precision_keeps_first_step_log2(tokenizer, small_model, model_cfg):
@@ -144,14 +149,10 @@ def test_gradient_checkpointing_runs_in_preference_training(tokenizer, small_mod
     enc = encode_pairs(tokenizer, _pairs(tokenizer, model_cfg), model_cfg)
     ref = reference_logps(policy, ordered_batches(enc, 2, tokenizer.pad_token_id), use_base=False, progress=False)
     calls.clear()
-    cap = Capture()
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[cap])
-    method = MethodConfig(name="codelutra", beta=0.1, nll_weight=1.0, batch_size=2)
-    trainer.fit(PolicyModule(policy, method, lr=1e-2, total_steps=1),
-                datamodule=PreferenceDataModule(enc, ref, batch_size=2, pad_id=tokenizer.pad_token_id, seed=0))
+    first = _one_step(policy, enc, ref, tokenizer.pad_token_id,
+                      MethodConfig(name="codelutra", beta=0.1, nll_weight=1.0, batch_size=2))
     assert len(calls) == len(layers) * (2 if checkpointing else 1)
-    assert cap.first["train/loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)
+    assert first["train/loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)
     # gradients reach the LoRA weights inside the checkpointed layers (B starts at zero: only a gradient moves it)
     lora_b = [p for n, p in policy.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.detach().abs().sum() > 0 for p in lora_b)
