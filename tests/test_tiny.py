@@ -73,3 +73,41 @@ def test_rare_templates_get_their_share_of_the_warm_start(tmp_path):
             assert short, have
             reps = Counter(p.id for p in _warmup_problems(cfg, keep, seed=0) if p.meta["template"] == short[0])
             assert max(reps.values()) - min(reps.values()) <= 1 and len(reps) == have[short[0]]
+
+
+def test_a_qualified_column_is_the_same_token_as_in_the_question_and_still_runs():
+    import sqlite3
+
+    from lutra.tiny import train_tokenizer
+
+    texts = ["Show the names of singers whose country is France.",
+             "CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT, gpa REAL);",
+             "SELECT T1.name FROM singer AS T1 WHERE T1.country = 'France' AND T1.gpa > 3.25"] * 30
+    tok = train_tokenizer(texts, 400)
+
+    def pieces(text):
+        return tok.convert_ids_to_tokens(tok(text, add_special_tokens=False).input_ids)
+
+    sql = "SELECT T1.name FROM singer AS T1 WHERE T1.country = 'France' AND T1.gpa > 3.25"
+    ids = pieces(sql)
+    assert pieces(" country")[0] in ids and pieces(" name")[0] in ids  # the spaced word, as in the question
+    assert "country" not in ids and "name" not in ids
+    assert pieces(" 3.25") == pieces("> 3.25")[1:]  # a decimal point is not a qualifier: no space inserted
+    decoded = tok.decode(tok(sql, add_special_tokens=False).input_ids)
+    assert decoded == sql.replace("T1.", "T1. ")
+    with sqlite3.connect(":memory:") as db:
+        db.execute("CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT, gpa REAL)")
+        db.executemany("INSERT INTO singer VALUES (?, ?, ?, ?)", [(1, "Ana", "France", 3.5), (2, "Bo", "France", 3.0)])
+        assert db.execute(decoded).fetchall() == db.execute(sql).fetchall() == [("Ana",)]
+
+
+def test_the_cached_base_is_keyed_by_the_default_rare_set(model_cfg, monkeypatch):
+    from lutra.benchmarks import mini_sql
+    from lutra.config import BenchmarkConfig
+    from lutra.models import tiny_dir
+
+    bench = BenchmarkConfig(name="mini_sql")
+    before = tiny_dir(model_cfg, bench)
+    assert tiny_dir(model_cfg, bench) == before
+    monkeypatch.setattr(mini_sql, "RARE_TEMPLATES", frozenset({"order_limit", "not_in"}))
+    assert tiny_dir(model_cfg, bench) != before  # a code change of the default set must not reuse the old base
