@@ -19,7 +19,7 @@ from lutra.artifacts import fingerprint
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TINY_VERSION = 5  # bump when the tiny build recipe changes: the cache key changes with it
+TINY_VERSION = 6  # bump when the tiny build recipe changes: the cache key changes with it
 
 
 def setup_torch(threads: int | None = None) -> None:
@@ -53,6 +53,7 @@ def tiny_dir(model_cfg, bench_cfg) -> Path:
         "seed": bench_cfg.subsample_seed,
         "n_warmup": bench_cfg.n_warmup,
         "options": dict(bench_cfg.options),
+        "rare": sorted(getattr(bench_module, "RARE_TEMPLATES", ())),  # the default set lives in code, not config
         "max_completion_len": model_cfg.max_completion_len,
     }
     root = Path(os.environ.get("LUTRA_MODELS", "outputs/models"))
