@@ -58,7 +58,16 @@ CHAT_TEMPLATE = (
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tk = Tokenizer(models.BPE())
