@@ -255,17 +255,20 @@ def main() -> None:
 
     res = {"machine": common.machine(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
            "shape": args.shape, "rows": []}
+
+    def write() -> None:
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        else:
+            common.write_result("gpu_memory", res)
+
+    where = Path(args.out) if args.out else common.RESULTS / "gpu_memory.json"
     for impl, pl in (("lutra", args.pairs), ("trl", args.trl_pairs)):
         if pl:
             res["rows"] += _spawn({"impl": impl, "shape": args.shape, "pairs": [int(x) for x in pl.split(",")],
                                    "steps": args.steps, "device": args.device, "lengths": lengths},
                                   args.worker_timeout)
-            # written after each implementation: a later one that hangs or is killed loses only its own rows
-            where = Path(args.out) if args.out else None
-            if where:
-                where.write_text(json.dumps(res, indent=1))
-            else:
-                where = common.write_result("gpu_memory", res)
+            write()  # after each implementation: a later one that hangs or is killed loses only its own rows
     print(common.table(res["rows"], ["impl", "pairs", "prompt_len", "weights_gb", "ref_peak_gb", "step_peak_gb",
                                      "step_reserved_gb", "predicted_total_gb", "step_s", "tokens_per_s", "error"]))
     print(f"wrote {where}")

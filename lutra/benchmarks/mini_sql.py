@@ -43,8 +43,8 @@ problem's key (template, db_id, slot values) and its question text are never reu
 eval asks only unseen combinations. eval and train do not depend on `n_warmup`. A template x domain whose
 combinations run out (in warmup: where_eq, HAVING, nested AVG, ORDER BY ... LIMIT) passes its turn to the others.
 Options (benchmark.options): `n_train_pool` (600), `n_eval_pool` (500), `n_held_out_pool` (100),
-`rare_templates` (default: the five above; which templates the tiny model's warm start keeps rare; the questions drawn do not
-change).
+`rare_templates` (default: the five above; which templates the tiny model's warm start keeps rare; the questions
+drawn do not change).
 """
 
 from __future__ import annotations
