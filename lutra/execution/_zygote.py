@@ -27,7 +27,7 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 
-from lutra.execution import sandbox
+from lutra.execution import _codec, _ds1000_check, _isolate, sandbox
 
 TAIL = 4096
 
@@ -56,13 +56,13 @@ def _tail(path: str) -> str:
 class Spare:
     """A clean forked child waiting for its first message on a socket."""
 
-    def __init__(self, root: str, uid):
+    def __init__(self, root: str, uid, isolation: str):
         self.dir = tempfile.mkdtemp(prefix="task-", dir=root)
         os.chmod(self.dir, 0o711)
-        self.work = os.path.join(self.dir, "work")
-        os.mkdir(self.work, 0o700)
-        if uid is not None:
-            os.chown(self.work, uid, uid)
+        for d in ("work", "shm"):  # the program's /tmp and /dev/shm under a mount namespace
+            os.mkdir(os.path.join(self.dir, d), 0o700)
+            if uid is not None:
+                os.chown(os.path.join(self.dir, d), uid, uid)
         self.out, self.err = os.path.join(self.dir, "stdout"), os.path.join(self.dir, "stderr")
         fds = [os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) for p in (self.out, self.err)]
         mine, theirs = socket.socketpair()
@@ -77,7 +77,7 @@ class Spare:
                 keep = theirs.detach()
                 os.dup2(keep, 3)
                 os.closerange(4, 65536)
-                _spare_main(3, self.work, uid)
+                _spare_main(3, self.dir, uid, isolation)
             finally:
                 os._exit(70)
         for fd in fds:
@@ -98,10 +98,10 @@ class Spare:
             time.sleep(0.005)
 
 
-def _spare_main(fd: int, work: str, uid) -> None:
+def _spare_main(fd: int, task_dir: str, uid, isolation: str) -> None:
     conn = Connection(fd)
     first = conn.recv()  # trusted side -> here: pickle is fine in this direction
-    sandbox.confine(work, uid, first["cpu_s"], first["memory_mb"])
+    sandbox.confine(task_dir, uid, first["cpu_s"], first["memory_mb"], isolation)
     sys.argv = ["program"]
     import builtins
 
@@ -119,13 +119,11 @@ def _spare_main(fd: int, work: str, uid) -> None:
                 conn.send_bytes(b'{"done": true}')
                 os._exit(0)
             elif kind == "case":
-                from lutra.execution import _codec
-
                 env = {"test_input": msg["input"]}
                 exec(msg["code"], env)
                 conn.send_bytes(b"R" + _codec.encode(env["result"]))
             elif kind == "inproc":
-                conn.send_bytes(b"R" + json.dumps(_inproc(msg)).encode())
+                conn.send_bytes(b"R" + json.dumps(_ds1000_check.inproc(msg)).encode())
         except SystemExit as e:
             if kind == "program" and e.code in (None, 0):
                 _flush()
@@ -155,129 +153,6 @@ def _flush() -> None:
             pass
 
 
-def _inproc(msg: dict) -> dict:
-    """Same-process DS-1000 check (Matplotlib and other live-object tests) with tamper detection."""
-    import hashlib
-
-    watched = {}
-    for mod, names in (("numpy.testing", ["assert_array_equal", "assert_allclose", "assert_equal",
-                                          "assert_array_almost_equal", "assert_almost_equal"]),
-                       ("numpy", ["allclose", "array_equal", "isclose", "testing"]),
-                       ("pandas.testing", ["assert_frame_equal", "assert_series_equal", "assert_index_equal"]),
-                       ("matplotlib.pyplot", ["savefig", "gca", "gcf"]), ("PIL.Image", ["open"]),
-                       ("builtins", ["exec", "print", "isinstance", "open", "all", "any", "len"]),
-                       ("os", ["_exit"]), ("sys", ["exit"])):
-        try:
-            m = __import__(mod, fromlist=["_"])
-        except Exception:  # noqa: BLE001
-            continue
-        for n in names:
-            if hasattr(m, n):
-                watched[f"{mod}.{n}"] = (m, n, id(getattr(m, n)))
-    ns: dict = {"__name__": "__ds1000__"}
-    exec(msg["code_context"], ns)
-    png: dict = {}
-    gen, check = ns.get("generate_test_case"), ns.get("exec_test")
-
-    def gen_wrapped(i):
-        r = gen(i)
-        if os.path.exists("ans.png"):
-            png["sha"] = hashlib.sha256(open("ans.png", "rb").read()).hexdigest()
-        return r
-
-    def check_wrapped(result, ans):
-        if "sha" in png and (not os.path.exists("ans.png") or
-                             hashlib.sha256(open("ans.png", "rb").read()).hexdigest() != png["sha"]):
-            raise AssertionError("TAMPER: ans.png changed")
-        return check(result, ans)
-
-    if gen is not None and check is not None:
-        ns["generate_test_case"], ns["exec_test"] = gen_wrapped, check_wrapped
-    ns["test_execution"](msg["solution"])
-    if "test_string" in ns:
-        ns["test_string"](msg["solution"])
-    changed = [k for k, (m, n, i) in watched.items() if id(getattr(m, n, None)) != i]
-    return {"nonce": msg["nonce"], "passed": not changed, "tamper": changed}
-
-
-def _ds1000_trusted(conn: Connection, task: dict, wfd: int) -> None:
-    """The checker: generate cases, ship inputs to the spare, compare decoded results with exec_test here."""
-    import re
-
-    from lutra.execution import _codec
-
-    deadline = time.monotonic() + task["timeout_s"]
-    out = {"status": "ok", "passed": False, "error": "", "path": "isolated"}
-    try:
-        null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        os.chdir(tempfile.mkdtemp(prefix="trusted-", dir=task["dir"]))
-        ctx, solution = task["code_context"], task["solution"]
-        m = re.search(r"def test_execution\(solution: str\):\n"
-                      r"    code = exec_context\.replace\(\"\[insert\]\", solution\)\n"
-                      r"    for i in range\((\d+)\):\n", ctx)
-        ns: dict = {"__name__": "__ds1000__"}
-        exec(ctx, ns)
-        cases = []
-        if m:
-            cases = [ns["generate_test_case"](i + 1) for i in range(int(m.group(1)))]
-            for _, exp in cases:
-                try:
-                    if not ns["exec_test"](_codec.decode(_codec.encode(exp)), exp):
-                        raise ValueError
-                except Exception:  # noqa: BLE001 - expected answer not representable: live-object path
-                    m = None
-                    break
-        conn.send({"cpu_s": task["timeout_s"], "memory_mb": task["memory_mb"]})
-        if m is None:
-            out["path"] = "inproc"
-            nonce = os.urandom(16).hex()
-            conn.send({"kind": "inproc", "code_context": ctx, "solution": solution, "nonce": nonce})
-            data = _answer(conn, deadline)
-            rep = json.loads(data)
-            out["passed"] = rep.get("nonce") == nonce and rep.get("passed") is True
-            if rep.get("tamper"):
-                out["status"], out["error"] = "tamper", f"changed: {rep['tamper']}"
-        else:
-            code = ns["exec_context"].replace("[insert]", solution)
-            for test_input, expected in cases:
-                conn.send({"kind": "case", "code": code, "input": test_input})
-                result = _codec.decode(_answer(conn, deadline))
-                if not ns["exec_test"](result, expected):
-                    raise AssertionError("exec_test returned a false value")
-            if "test_string" in ns:
-                ns["test_string"](solution)
-            out["passed"] = True
-    except _Reply as r:
-        out.update(r.args[0])
-        if "TAMPER:" in out["error"]:
-            out["status"] = "tamper"
-    except BaseException as e:  # noqa: BLE001 - a failing comparison is a verdict
-        out["error"] = f"{type(e).__name__}: {e}"[-TAIL:]
-        if "TAMPER" in str(e):
-            out["status"] = "tamper"
-    os.write(wfd, json.dumps(out).encode())
-
-
-class _Reply(Exception):
-    pass
-
-
-def _answer(conn: Connection, deadline: float) -> bytes:
-    if not conn.poll(max(0.0, deadline - time.monotonic())):
-        raise _Reply({"status": "timeout", "error": "deadline"})
-    try:
-        data = conn.recv_bytes(256 * 2**20)
-    except (EOFError, OSError) as e:
-        raise _Reply({"status": "error", "error": f"solution process ended: {type(e).__name__}"}) from None
-    if data[:1] == b"M":
-        raise _Reply({"status": "oom", "error": "MemoryError"})
-    if data[:1] == b"E":
-        raise _Reply({"status": "error", "error": data[1:].decode(errors="replace")})
-    return data[1:]
-
-
 def _classify(st, answered: bool, timed_out: bool) -> tuple[str, str]:
     if timed_out:
         return "timeout", "deadline"
@@ -292,17 +167,20 @@ def _classify(st, answered: bool, timed_out: bool) -> tuple[str, str]:
 
 
 class Zygote:
-    def __init__(self, slot: int):
-        self.uid = sandbox.SANDBOX_UID_BASE + slot if sandbox.uid_drop_blocker() is None else None
-        self.root = tempfile.mkdtemp(prefix=f"lutra-sbx-{slot}-")
-        os.chmod(self.root, 0o711)
+    def __init__(self, slot: int, isolation: str, uid: int | None):
+        self.uid, self.isolation = uid, isolation
+        if isolation == "mount_namespace":  # a tmpfs inside the private root, gone with the namespace
+            self.root = _isolate.SBX
+        else:
+            self.root = tempfile.mkdtemp(prefix=f"lutra-sbx-{slot}-")
+            os.chmod(self.root, 0o711)
         self.is_init = os.getpid() == 1
         if not self.is_init:  # orphans of our descendants come back to us, so we can kill them
             try:
                 ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
             except (OSError, AttributeError):
                 pass
-        self.spare = Spare(self.root, self.uid)
+        self.spare = Spare(self.root, self.uid, self.isolation)
 
     def cleanup(self, spare: Spare) -> None:
         try:
@@ -346,7 +224,7 @@ class Zygote:
             try:
                 self.cleanup(spare)
             finally:
-                self.spare = Spare(self.root, self.uid)
+                self.spare = Spare(self.root, self.uid, self.isolation)
         r.setdefault("stdout", r_out)
         r.setdefault("stderr", r_err)
         r["seconds"] = time.monotonic() - t0
@@ -386,7 +264,7 @@ class Zygote:
             try:
                 os.setsid()
                 os.close(r)
-                _ds1000_trusted(spare.conn, task, w)
+                _ds1000_check.trusted(spare.conn, task, w)
             finally:
                 os._exit(0)
         os.close(w)
@@ -413,12 +291,18 @@ class Zygote:
 
 
 def main(argv: list[str]) -> None:
-    slot, preload, rfd, wfd = int(argv[0]), [m for m in argv[1].split(",") if m], int(argv[2]), int(argv[3])
+    slot, preload, isolation = int(argv[0]), [m for m in argv[1].split(",") if m], argv[2]
+    uid = None if argv[3] == "-" else int(argv[3])
+    rfd, wfd = int(argv[4]), int(argv[5])
+    if isolation == "mount_namespace":
+        _isolate.private_tmp()  # before any import caches something in /tmp
     loaded = _preload(preload)
     recv, send = Connection(rfd, writable=False), Connection(wfd, readable=False)
     os.set_inheritable(rfd, False)
     os.set_inheritable(wfd, False)
-    z = Zygote(slot)
+    if isolation == "mount_namespace":
+        _isolate.build_root(_isolate.keep_paths())
+    z = Zygote(slot, isolation, uid)
     send.send({"ready": True, "preloaded": loaded, "pid1": z.is_init})
     try:
         while True:
@@ -434,4 +318,5 @@ def main(argv: list[str]) -> None:
     finally:
         if z.spare is not None:
             z.cleanup(z.spare)
-        sandbox.rmtree(z.root)
+        if z.root != _isolate.SBX:
+            sandbox.rmtree(z.root)

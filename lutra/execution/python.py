@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from lutra.execution import Verdict
 from lutra.execution.pool import _PKG_PARENT, WorkerPool, default_workers
-from lutra.execution.sandbox import capabilities
+from lutra.execution.sandbox import capabilities, require_isolation
 
 PRELOAD = ("numpy", "pandas", "matplotlib", "matplotlib.pyplot", "scipy", "scipy.stats", "sklearn", "PIL.Image")
 """Imported once in every zygote (torch and tensorflow are not: they start threads that do not survive fork)."""
@@ -76,14 +76,18 @@ def pool(workers: int | None = None, preload: tuple = PRELOAD) -> WorkerPool:
             for p in _POOLS.values():
                 p.close()
             _POOLS.clear()
-            prefix = capabilities()["unshare_argv"]
+            caps = capabilities()
+            iso = require_isolation()
+            prefix = caps["unshare_argv"] if iso == "mount_namespace" or "--mount" not in caps["unshare_argv"] else []
+            base = caps["sandbox_uid_base"] if caps["uid_drop"] else None
             boot = _BOOT.format(root=_PKG_PARENT)
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
                    "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                    "CUDA_VISIBLE_DEVICES": "", "PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
             _POOLS[key] = WorkerPool(
                 "python", n, env=env,
-                argv=lambda slot: prefix + [sys.executable, "-I", "-c", boot, str(slot), ",".join(preload)])
+                argv=lambda slot: prefix + [sys.executable, "-I", "-c", boot, str(slot), ",".join(preload), iso,
+                                            "-" if base is None else str(base + slot)])
         return _POOLS[key]
 
 

@@ -75,28 +75,77 @@ def uid_drop_blocker() -> str | None:
     return None
 
 
-def _unshare_argv(root: bool) -> list[str]:
-    flags = ["--pid", "--fork", "--kill-child", "--net"]
+def _unshare_argv(root: bool, mount: bool = True) -> list[str]:
+    flags = (["--mount"] if mount else []) + ["--pid", "--fork", "--kill-child", "--net"]
     return ["unshare"] + flags if root else ["unshare", "--user", "--map-root-user"] + flags
+
+
+_PROBE = ("import sys; sys.path.insert(0, {root!r}); import os; from lutra.execution import _isolate as I; "
+          "I.private_tmp(); I.build_root(I.keep_paths())\n"
+          "try:\n    open('/lutra-probe', 'w')\nexcept OSError:\n    print(os.getpid())")
+
+
+def _probe(argv: list[str], code: str) -> bool:
+    try:
+        r = subprocess.run(argv + [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=30,
+                           cwd="/")
+        return r.returncode == 0 and r.stdout.strip() == "1"
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def allow_unisolated() -> bool:
+    """The explicit override (`benchmark.options.allow_unisolated=true` or LUTRA_ALLOW_UNISOLATED=1)."""
+    return os.environ.get("LUTRA_ALLOW_UNISOLATED", "") in ("1", "true", "yes")
+
+
+class SandboxUnavailable(RuntimeError):
+    """No filesystem isolation can be set up on this machine, and running without it was not allowed."""
+
+
+def require_isolation(allow: bool = False) -> str:
+    """The isolation in force; raises SandboxUnavailable (fail closed) when there is none and `allow` is off."""
+    caps = capabilities()
+    if caps["isolation"] == "none" and not (allow or allow_unisolated()):
+        raise SandboxUnavailable(
+            "benchmark.executor=python: no filesystem isolation is available here (no mount namespace: "
+            f"{caps['isolation_blocker']}; no Landlock: the kernel reports ABI {caps['landlock_abi']}), so "
+            "generated programs could delete or overwrite any file this user can. Run where `unshare --user "
+            "--mount` or Landlock works (root, or a kernel with user namespaces / Landlock enabled), or accept "
+            "the risk with benchmark.options.allow_unisolated=true (or LUTRA_ALLOW_UNISOLATED=1).")
+    return caps["isolation"]
 
 
 @functools.lru_cache(maxsize=1)
 def capabilities() -> dict:
-    """What isolation is actually in force for Python programs (and the SQL engine's versions)."""
+    """What isolation is actually in force for Python programs (and the SQL engine's versions).
+
+    isolation: `mount_namespace` (private read-only root, see lutra.execution._isolate), `landlock`, or `none`.
+    """
+    from lutra.execution import _isolate
+    from lutra.execution.pool import _PKG_PARENT
+
     root = os.geteuid() == 0
     ns_argv: list[str] = []
-    if shutil.which("unshare"):
-        for argv in ([_unshare_argv(root)] if root else [_unshare_argv(False)]):
-            try:
-                r = subprocess.run(argv + [sys.executable, "-c", "import os; print(os.getpid())"],
-                                   capture_output=True, text=True, timeout=20)
-                if r.returncode == 0 and r.stdout.strip() == "1":
-                    ns_argv = argv
-                    break
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-    blocker = uid_drop_blocker()
+    isolation, why = "none", ""
+    if not shutil.which("unshare"):
+        why = "util-linux `unshare` not found"
+    elif _probe(_unshare_argv(root), _PROBE.format(root=_PKG_PARENT)):
+        ns_argv, isolation = _unshare_argv(root), "mount_namespace"
+    else:
+        why = "`" + " ".join(_unshare_argv(root)) + "` with a private root failed (user namespaces disabled?)"
+        if _probe(_unshare_argv(root, mount=False), "import os; print(os.getpid())"):
+            ns_argv = _unshare_argv(root, mount=False)
+    abi = _isolate.landlock_abi()
+    if isolation == "none" and abi >= 1:
+        isolation = "landlock"
+    blocker = uid_drop_blocker() if isolation != "mount_namespace" or not root else None
+    if not root:
+        blocker = "not running as root"
     return {
+        "isolation": isolation,
+        "isolation_blocker": why or None,
+        "landlock_abi": abi,
         "uid_drop": blocker is None,
         "uid_drop_blocker": blocker,
         "sandbox_uid_base": SANDBOX_UID_BASE if blocker is None else os.geteuid(),
@@ -122,8 +171,10 @@ def vm_bytes() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def confine(workdir: str, uid: int | None, cpu_s: float, memory_mb: int) -> None:
-    """In the forked child, before any untrusted code: rlimits, then groups/gid/uid, cwd and environment."""
+def confine(task_dir: str, uid: int | None, cpu_s: float, memory_mb: int, isolation: str) -> None:
+    """In the forked child, before any untrusted code: rlimits, filesystem isolation, privileges, environment."""
+    from lutra.execution import _isolate
+
     _lim(resource.RLIMIT_CPU, int(cpu_s) + 1)
     _lim(resource.RLIMIT_AS, vm_bytes() + memory_mb * 2**20)  # the pre-imported stack is already mapped
     _lim(resource.RLIMIT_FSIZE, OUTPUT_CAP)
@@ -131,12 +182,21 @@ def confine(workdir: str, uid: int | None, cpu_s: float, memory_mb: int) -> None
     _lim(resource.RLIMIT_CORE, 0)
     if uid is not None:
         _lim(resource.RLIMIT_NPROC, NPROC)
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-    os.chdir(workdir)
+    work = os.path.join(task_dir, "work")
+    abi = _isolate.landlock_abi()
+    if isolation == "mount_namespace":
+        work = _isolate.enter_task(task_dir, uid)
+        _isolate.drop_privileges(uid)
+        if abi:
+            _isolate.landlock(["/"], ["/tmp", "/dev/shm"], abi)
+    else:
+        if uid is not None:
+            _isolate.drop_privileges(uid)
+        if isolation == "landlock":
+            _isolate.landlock(_isolate.keep_paths() + ["/proc", "/sys", "/dev"], [work], abi)
+    os.chdir(work)
     os.environ.clear()
-    os.environ.update(sandbox_env(workdir))
+    os.environ.update(sandbox_env(work))
 
 
 def rmtree(path: str) -> None:
