@@ -148,3 +148,102 @@ def user_message(problem: Problem) -> str:
     # completion as is, so the model is asked for that code alone.
     return ("Complete the Python code below. Reply with only the code that goes after BEGIN SOLUTION "
             "(no explanation, no test code).\n\n" + problem.question)
+
+
+# ------------------------------------------------------------------------------------------ the environment
+
+LIBRARIES = {"Pandas": ("pandas",), "Numpy": ("numpy",), "Scipy": ("scipy",), "Sklearn": ("sklearn",),
+             "Matplotlib": ("matplotlib", "seaborn"), "Pytorch": ("torch",), "Tensorflow": ("tensorflow",)}
+"""What each DS-1000 library's records import (a few also need statsmodels, gensim or xgboost)."""
+EXTRAS = {"tensorflow": "ds1000-tf", "torch": "the core install (torch)"}
+PINS = {"numpy": "1.26.4", "pandas": "1.5.3", "scipy": "1.12.0", "sklearn": "1.4.0", "matplotlib": "3.8.4",
+        "seaborn": "0.13.2", "tensorflow": "2.16.1"}
+"""The documented environment (DS-1000's own pins; torch any 2.x): every reference passes under it."""
+_PROBE = ("import importlib, json, sys\nout = {}\nfor m in sys.argv[1:]:\n    try:\n"
+          "        out[m] = getattr(importlib.import_module(m), '__version__', '?')\n"
+          "    except Exception as e:\n        out[m] = None\nprint(json.dumps(out))")
+
+
+def interpreter(cfg) -> str:
+    import sys
+
+    return str(cfg.options.get("python") or sys.executable)
+
+
+def environment(cfg) -> dict[str, str | None]:
+    """{module: version or None} in the interpreter the executor runs (benchmark.options.python)."""
+    import subprocess
+
+    mods = sorted({m for ms in LIBRARIES.values() for m in ms} | {"statsmodels", "gensim", "xgboost"})
+    try:
+        r = subprocess.run([interpreter(cfg), "-I", "-c", _PROBE, *mods], capture_output=True, text=True,
+                           timeout=300, env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as e:
+        raise BenchmarkError(f"benchmark.options.python={interpreter(cfg)}: cannot run it ({e})") from None
+
+
+def check_environment(cfg, problems: list[Problem] | None = None) -> list[str]:
+    """Before any model loads: the libraries the chosen problems need. Raises BenchmarkError when a core one is
+    missing; returns warnings (optional libraries missing, versions that differ from the documented pins)."""
+    found = environment(cfg)
+    libs = {p.meta["library"] for p in problems} if problems else set(LIBRARIES)
+    need = {m for lib in libs for m in LIBRARIES.get(lib, ())}
+    core = sorted(m for m in need - {"tensorflow", "torch"} if found.get(m) is None)
+    if core:
+        raise BenchmarkError(
+            f"ds1000: {core} cannot be imported by {interpreter(cfg)}, so their references would fail: install "
+            "the DS-1000 environment (`pip install 'lutra[ds1000]'`, README 'DS-1000 environment') or point "
+            "benchmark.options.python at an interpreter that has it")
+    warnings = []
+    for m in sorted(need & {"tensorflow", "torch"}):
+        if found.get(m) is None:
+            n = sum(1 for p in problems or [] if m in LIBRARIES[p.meta["library"]])
+            warnings.append(f"ds1000: {m} is not installed: its {n or 'all'} problems are scored env_error "
+                            f"(unknown, no training pairs); install {EXTRAS[m]}")
+    off = {m: v for m, v in found.items() if m in PINS and v not in (None, PINS[m]) and m in need}
+    if off:
+        warnings.append(f"ds1000: versions differ from the documented environment {PINS}: {off}; some "
+                        "references may fail (run `python -m lutra.prepare benchmark=ds1000` to list them)")
+    return warnings
+
+
+def check_references(cfg, problems: list[Problem], *, progress: bool = True, refresh: bool = False) -> dict:
+    """Run every reference once in the sandbox; cache the result per (records, environment) in
+    options.datasets_dir; returns {"libraries": {lib: [passed, n]}, "failures": {id: (status, reason)}, ...}."""
+    import hashlib
+
+    from lutra.execution import judge
+    from lutra.execution.python import DATASETS_DIR
+
+    env = environment(cfg)
+    key = hashlib.sha256(json.dumps([sorted((p.id, p.gold, p.test_context) for p in problems), env,
+                                     interpreter(cfg)]).encode()).hexdigest()[:16]
+    cache = Path(str(cfg.options.get("datasets_dir") or DATASETS_DIR)).expanduser() / f"references-{key}.json"
+    if cache.is_file() and not refresh:
+        return json.loads(cache.read_text())
+    verdicts = judge([(p, p.gold) for p in problems], cfg, progress=progress, desc="references")
+    libs: dict[str, list[int]] = {}
+    failures = {}
+    for p, v in zip(problems, verdicts, strict=True):
+        row = libs.setdefault(p.meta["library"], [0, 0])
+        row[0] += v.correct is True
+        row[1] += 1
+        if v.correct is not True:
+            failures[p.id] = (v.status, v.error.strip().splitlines()[-1][:200] if v.error.strip() else "")
+    out = {"libraries": dict(sorted(libs.items())), "failures": failures, "environment": env,
+           "python": interpreter(cfg), "passed": sum(r[0] for r in libs.values()), "n": len(problems)}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out, indent=1))
+    out["cache"] = str(cache)
+    return out
+
+
+def reference_table(report: dict) -> str:
+    """The per-library table and each failure, as prepare prints them."""
+    lines = [f"{'library':<12} {'passed':>7} {'of':>5}"]
+    lines += [f"{lib:<12} {a:>7} {n:>5}" for lib, (a, n) in report["libraries"].items()]
+    lines.append(f"{'total':<12} {report['passed']:>7} {report['n']:>5}")
+    for pid, (status, why) in sorted(report["failures"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"  {pid}: {status}: {why}")
+    return "\n".join(lines)

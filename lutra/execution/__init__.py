@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-STATUSES = ("ok", "error", "timeout", "oom", "killed", "too_large", "output_flood", "tamper")
+STATUSES = ("ok", "error", "timeout", "oom", "killed", "too_large", "output_flood", "tamper", "env_error")
 
 
 @dataclass
 class Verdict:
     status: str
-    """ok | error | timeout | oom | killed | too_large | output_flood | tamper (how the program ran)."""
+    """ok | error | timeout | oom | killed | too_large | output_flood | tamper | env_error (how the program ran;
+    env_error: this environment lacks a library or dataset the record needs, so correct is None)."""
     correct: bool | None
     """True/False: matches the gold result (or passes the tests); None: unknown, the gold itself failed."""
     seconds: float = 0.0
@@ -48,7 +49,8 @@ def judge(items, cfg, *, progress: bool = True, desc: str = "execute", for_train
 
 
 def capabilities() -> dict:
-    """Isolation layers detected on this machine (uid drop, PID/net namespaces, rlimits); see sandbox.py."""
+    """Isolation layers in force on this machine: `isolation` (mount_namespace | landlock | none), uid drop,
+    PID/net namespaces, rlimits; see sandbox.py. The loop writes this into the run's manifest."""
     from lutra.execution.sandbox import capabilities as caps
 
     return caps()

@@ -108,7 +108,7 @@ def private_tmp() -> None:
             _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m")
 
 
-def build_root(keep: list[str], sbx_size_mb: int = 2048) -> None:
+def build_root(keep: list[str], sbx_size_mb: int = 1024) -> None:
     """Zygote, after its imports: pivot into a tmpfs root holding only read-only binds of `keep`."""
     new = "/tmp/.root"
     os.mkdir(new, 0o755)

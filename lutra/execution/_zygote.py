@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -105,6 +106,13 @@ def _spare_main(fd: int, task_dir: str, uid, isolation: str) -> None:
     sys.argv = ["program"]
     import builtins
 
+    def send(payload: bytes, _w=os.write, _pack=struct.pack, _len=len, _fd=fd) -> None:
+        # Connection's framing by hand, with functions bound now: the program may rebind len, os or the
+        # Connection class, and must not be able to wedge the zygote's read by doing so
+        buf = _pack("!i", _len(payload)) + payload
+        while buf:
+            buf = buf[_w(_fd, buf):]
+
     while True:
         try:
             msg = conn.recv()
@@ -116,23 +124,23 @@ def _spare_main(fd: int, task_dir: str, uid, isolation: str) -> None:
                 g = {"__name__": "__main__", "__builtins__": builtins}
                 exec(compile(msg["code"], "<program>", "exec"), g)
                 _flush()
-                conn.send_bytes(b'{"done": true}')
+                send(b'{"done": true}')
                 os._exit(0)
             elif kind == "case":
                 env = {"test_input": msg["input"]}
                 exec(msg["code"], env)
-                conn.send_bytes(b"R" + _codec.encode(env["result"]))
+                send(b"R" + _codec.encode(env["result"]))
             elif kind == "inproc":
-                conn.send_bytes(b"R" + json.dumps(_ds1000_check.inproc(msg)).encode())
+                send(b"R" + json.dumps(_ds1000_check.inproc(msg)).encode())
         except SystemExit as e:
             if kind == "program" and e.code in (None, 0):
                 _flush()
-                conn.send_bytes(b'{"done": true}')
+                send(b'{"done": true}')
                 os._exit(0)
-            conn.send_bytes(b"E" + f"SystemExit({e.code!r})".encode())
+            send(b"E" + f"SystemExit({e.code!r})".encode())
             os._exit(1)
         except MemoryError:
-            conn.send_bytes(b"M")
+            send(b"M")
             os._exit(1)
         except BaseException:  # noqa: BLE001 - reported to the trusted side as text
             tb = traceback.format_exc()
@@ -140,7 +148,7 @@ def _spare_main(fd: int, task_dir: str, uid, isolation: str) -> None:
                 sys.stderr.write(tb)
             except BaseException:  # noqa: BLE001 - stderr may be full (FSIZE) or replaced
                 pass
-            conn.send_bytes(b"E" + tb[-TAIL:].encode(errors="replace"))
+            send(b"E" + tb[-TAIL:].encode(errors="replace"))
             if kind == "program":
                 os._exit(1)
 
@@ -151,6 +159,29 @@ def _flush() -> None:
             f.flush()
         except Exception:  # noqa: BLE001 - the program may have replaced or closed them
             pass
+
+
+class _Late(Exception):
+    pass
+
+
+class _alarm:
+    """Interrupt a blocking read of the zygote after `seconds` (SIGALRM; the zygote is single-threaded)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = max(0.01, seconds)
+
+    def __enter__(self):
+        self.old = signal.signal(signal.SIGALRM, self._fire)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def __exit__(self, *exc):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self.old)
+
+    @staticmethod
+    def _fire(signum, frame):
+        raise _Late
 
 
 def _classify(st, answered: bool, timed_out: bool) -> tuple[str, str]:
@@ -237,8 +268,9 @@ class Zygote:
         data = None
         if spare.conn.poll(task["timeout_s"]):
             try:
-                data = spare.conn.recv_bytes(1 << 20)
-            except (EOFError, OSError):
+                with _alarm(max(0.0, deadline - time.monotonic()) + 0.5):  # a header, then nothing: not our hang
+                    data = spare.conn.recv_bytes(1 << 20)
+            except (EOFError, OSError, _Late):
                 pass
         exited, st = spare.wait(max(0.0, deadline - time.monotonic()) + 0.2)
         timed_out = time.monotonic() > deadline and data is None and not exited
@@ -293,7 +325,11 @@ class Zygote:
 def main(argv: list[str]) -> None:
     slot, preload, isolation = int(argv[0]), [m for m in argv[1].split(",") if m], argv[2]
     uid = None if argv[3] == "-" else int(argv[3])
-    rfd, wfd = int(argv[4]), int(argv[5])
+    extra = json.loads(argv[4])
+    rfd, wfd = int(argv[5]), int(argv[6])
+    sandbox.EXTRA_READ[:] = extra["read"]
+    sandbox.EXTRA_ENV.update(extra["env"])
+    os.environ.update(extra["env"])  # the checker's dataset loads see the same caches
     if isolation == "mount_namespace":
         _isolate.private_tmp()  # before any import caches something in /tmp
     loaded = _preload(preload)
@@ -301,7 +337,7 @@ def main(argv: list[str]) -> None:
     os.set_inheritable(rfd, False)
     os.set_inheritable(wfd, False)
     if isolation == "mount_namespace":
-        _isolate.build_root(_isolate.keep_paths())
+        _isolate.build_root(_isolate.keep_paths() + sandbox.EXTRA_READ)
     z = Zygote(slot, isolation, uid)
     send.send({"ready": True, "preloaded": loaded, "pid1": z.is_init})
     try:
@@ -320,3 +356,4 @@ def main(argv: list[str]) -> None:
             z.cleanup(z.spare)
         if z.root != _isolate.SBX:
             sandbox.rmtree(z.root)
+        os._exit(0)  # no atexit handlers: their paths (matplotlib's cache dir) lie in the root we left

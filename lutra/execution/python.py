@@ -34,7 +34,9 @@ network namespace is available (reported as `net_namespace: False`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -46,6 +48,9 @@ from lutra.execution.sandbox import capabilities, require_isolation
 PRELOAD = ("numpy", "pandas", "matplotlib", "matplotlib.pyplot", "scipy", "scipy.stats", "sklearn", "PIL.Image")
 """Imported once in every zygote (torch and tensorflow are not: they start threads that do not survive fork)."""
 MEMORY_MB = 4096
+DATASETS_DIR = "~/.cache/lutra/ds1000"
+"""Default benchmark.options.datasets_dir: seaborn-data/ and scikit_learn_data/ caches that DS-1000 records read
+(bound read-only into the sandbox; `python -m lutra.prepare benchmark=ds1000` fills them when online)."""
 GRACE_S = 5.0
 _BOOT = "import sys; sys.path.insert(0, {root!r}); from lutra.execution._zygote import main; main(sys.argv[1:])"
 _POOLS: dict = {}
@@ -56,7 +61,7 @@ last_stats: dict = {}
 @dataclass
 class PyResult:
     status: str
-    """ok | error | timeout | oom | killed | output_flood | tamper."""
+    """ok | error | timeout | oom | killed | output_flood | tamper | env_error."""
     seconds: float = 0.0
     error: str = ""
     stdout: str = ""
@@ -68,53 +73,115 @@ class PyResult:
     """DS-1000 records: `isolated` (checker in its own process) or `inproc` (tamper-detected exception)."""
 
 
-def pool(workers: int | None = None, preload: tuple = PRELOAD) -> WorkerPool:
+@dataclass(frozen=True)
+class Setup:
+    """How the zygotes start: which interpreter (the DS-1000 environment may be its own venv), extra read-only
+    paths and environment variables for programs (dataset caches), and the fail-closed override."""
+    interpreter: str = ""
+    read: tuple = ()
+    env: tuple = ()
+    allow_unisolated: bool = False
+
+    @classmethod
+    def from_options(cls, options) -> Setup:
+        """benchmark.options: python (interpreter), datasets_dir (seaborn / sklearn caches), allow_unisolated."""
+        read, env = [], []
+        d = options.get("datasets_dir") or DATASETS_DIR
+        if d:
+            d = os.path.abspath(os.path.expanduser(str(d)))
+            if d.startswith(("/tmp/", "/dev/shm/")):  # each program gets its own /tmp and /dev/shm
+                raise ValueError(f"benchmark.options.datasets_dir={d}: must not lie under /tmp or /dev/shm, "
+                                 "which the sandbox replaces by the program's own scratch dir; use e.g. "
+                                 "~/.cache/lutra/ds1000")
+            if os.path.isdir(d):
+                read.append(d)
+            env += [("SEABORN_DATA", os.path.join(d, "seaborn-data")),
+                    ("SCIKIT_LEARN_DATA", os.path.join(d, "scikit_learn_data"))]
+        return cls(str(options.get("python") or ""), tuple(read), tuple(env),
+                   bool(options.get("allow_unisolated", False)))
+
+
+def pool(workers: int | None = None, preload: tuple = PRELOAD, setup: Setup = Setup()) -> WorkerPool:
     n = workers or default_workers()
-    key = (n, tuple(preload))
+    key = (n, tuple(preload), setup)
     with _LOCK:
         if key not in _POOLS:
+            caps = capabilities()
+            iso = require_isolation(setup.allow_unisolated)
             for p in _POOLS.values():
                 p.close()
             _POOLS.clear()
-            caps = capabilities()
-            iso = require_isolation()
             prefix = caps["unshare_argv"] if iso == "mount_namespace" or "--mount" not in caps["unshare_argv"] else []
             base = caps["sandbox_uid_base"] if caps["uid_drop"] else None
             boot = _BOOT.format(root=_PKG_PARENT)
+            extra = json.dumps({"read": list(setup.read), "env": dict(setup.env)})
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
                    "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                    "CUDA_VISIBLE_DEVICES": "", "PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+            python = setup.interpreter or sys.executable
             _POOLS[key] = WorkerPool(
                 "python", n, env=env,
-                argv=lambda slot: prefix + [sys.executable, "-I", "-c", boot, str(slot), ",".join(preload), iso,
-                                            "-" if base is None else str(base + slot)])
+                argv=lambda slot: prefix + [python, "-I", "-c", boot, str(slot), ",".join(preload), iso,
+                                            "-" if base is None else str(base + slot), extra])
         return _POOLS[key]
 
 
-def _result(r: dict) -> PyResult:
+ENV_LIBS = frozenset({"numpy", "pandas", "scipy", "sklearn", "matplotlib", "seaborn", "torch", "tensorflow", "keras",
+                      "statsmodels", "gensim", "xgboost", "PIL", "tf_keras"})
+"""Libraries of the DS-1000 environment: a solution failing to import one of them (when it is not installed)
+is the environment's fault (`env_error`, unknown label), not the program's."""
+_NO_MODULE = re.compile(r"No module named '([\w.]+)'")
+_NETWORK = ("urlopen error", "Temporary failure in name resolution", "Network is unreachable")
+
+
+def env_error(r: dict, context: str = "") -> str | None:
+    """Why a failed DS-1000 run is the environment's fault (a missing library, a dataset download), or None."""
+    if r.get("status") == "env_error":
+        return r.get("error") or "environment"
+    if r.get("status") not in ("error", "ok") or r.get("passed"):
+        return None
+    err = r.get("error", "")
+    m = _NO_MODULE.search(err)
+    if m and m.group(1) in ENV_LIBS:  # the top-level package itself (a missing submodule is the program's fault)
+        return f"library {m.group(1)!r} is not installed (see the README's DS-1000 environment)"
+    if any(n in err for n in _NETWORK) and ("load_dataset(" in context or "fetch_" in context):
+        return "the record downloads a dataset and there is no network and no cached copy (benchmark.options." \
+               "datasets_dir; `python -m lutra.prepare benchmark=ds1000` fills it)"
+    return None
+
+
+def _result(r: dict, context: str = "") -> PyResult:
+    why = env_error(r, context) if context else None
+    if why:
+        r = dict(r, status="env_error", error=why + "\n" + r.get("error", ""), passed=None)
     return PyResult(r.get("status", "killed"), r.get("seconds", 0.0), r.get("error", ""), r.get("stdout", ""),
                     r.get("stderr", ""), r.get("passed"), r.get("path", ""))
 
 
-def run(program: str, timeout_s: float = 10.0, memory_mb: int = MEMORY_MB, *, preload: tuple = PRELOAD) -> PyResult:
+def run(program: str, timeout_s: float = 10.0, memory_mb: int = MEMORY_MB, *, preload: tuple = PRELOAD,
+        setup: Setup = Setup()) -> PyResult:
     """Run one program to completion in the sandbox. status ok = it finished (exit 0 / fell off the end)."""
     task = {"op": "program", "code": program, "timeout_s": timeout_s, "memory_mb": memory_mb}
-    [(_, r)] = list(pool(preload=preload).map([(task, timeout_s + GRACE_S)], workers=1))
+    [(_, r)] = list(pool(preload=preload, setup=setup).map([(task, timeout_s + GRACE_S)], workers=1))
     return _result(r)
 
 
-def run_ds1000(code_context: str, solution: str, timeout_s: float = 120.0, memory_mb: int = MEMORY_MB) -> PyResult:
+def run_ds1000(code_context: str, solution: str, timeout_s: float = 120.0, memory_mb: int = MEMORY_MB, *,
+               setup: Setup = Setup()) -> PyResult:
     """One DS-1000 record as the official harness defines it (test_execution + test_string), checked trustedly."""
     task = {"op": "ds1000", "code_context": code_context, "solution": solution, "timeout_s": timeout_s,
             "memory_mb": memory_mb}
-    [(_, r)] = list(pool().map([(task, timeout_s + GRACE_S)], workers=1))
-    return _result(r)
+    [(_, r)] = list(pool(setup=setup).map([(task, timeout_s + GRACE_S)], workers=1))
+    return _result(r, code_context)
 
 
 def judge(items, cfg, *, progress=True, desc="execute", for_training=False) -> list[Verdict]:
-    """Verdicts for [(Problem, solution), ...]: DS-1000 records when Problem.test_context is set, else programs."""
-    from tqdm.auto import tqdm
+    """Verdicts for [(Problem, solution), ...]: DS-1000 records when Problem.test_context is set, else programs.
 
+    A DS-1000 record that fails because this environment lacks one of its libraries (or a dataset it
+    downloads) gets status `env_error` and correct=None: unknown, never a rejected sample.
+    """
+    from tqdm.auto import tqdm
     timeout, memory = float(cfg.timeout_s), int(cfg.options.get("memory_mb", MEMORY_MB))
     keys, first = [], {}
     for i, (p, prog) in enumerate(items):
@@ -131,7 +198,7 @@ def judge(items, cfg, *, progress=True, desc="execute", for_training=False) -> l
                           "memory_mb": memory})
         else:
             tasks.append({"op": "program", "code": prog, "timeout_s": timeout, "memory_mb": memory})
-    p = pool(cfg.workers)
+    p = pool(cfg.workers, setup=Setup.from_options(cfg.options))
     results: list = [None] * len(tasks)
     with tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False) as bar:
         for i, r in p.map([(t, timeout + GRACE_S) for t in tasks], workers=cfg.workers):
@@ -142,11 +209,16 @@ def judge(items, cfg, *, progress=True, desc="execute", for_training=False) -> l
             results[again[i]] = r
     verdicts = {}
     for k, t, r in zip(todo, tasks, results, strict=True):
+        why = env_error(r, t["code_context"]) if t["op"] == "ds1000" else None
+        if why:
+            verdicts[k] = Verdict("env_error", None, r.get("seconds", 0.0), (why + ": " + r.get("error", ""))[-500:])
+            continue
         ok = r.get("status") == "ok"
         correct = bool(r.get("passed")) and ok if t["op"] == "ds1000" else ok
         verdicts[k] = Verdict(r.get("status", "killed"), correct, r.get("seconds", 0.0), r.get("error", "")[-500:])
     last_stats.clear()
     last_stats.update(items=len(items), executed=len(todo), retried=len(again),
                       tamper=sum(v.status == "tamper" for v in verdicts.values()),
+                      env_error=sum(v.status == "env_error" for v in verdicts.values()),
                       isolated=sum(r.get("path") == "isolated" for r in results))
     return [verdicts[k] for k in keys]

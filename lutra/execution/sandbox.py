@@ -33,8 +33,13 @@ NOFILE = 256
 NPROC = 64
 
 
+EXTRA_READ: list[str] = []
+"""Set in the zygote: more read-only paths for programs (dataset caches), from python.Setup."""
+EXTRA_ENV: dict[str, str] = {}
+
+
 def sandbox_env(workdir: str) -> dict:
-    return {
+    return EXTRA_ENV | {
         "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
         "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0",
@@ -152,7 +157,8 @@ def capabilities() -> dict:
         "pid_namespace": bool(ns_argv),
         "net_namespace": bool(ns_argv),
         "unshare_argv": ns_argv,
-        "rlimits": ["CPU", "AS", "FSIZE", "NOFILE", "CORE"] + (["NPROC"] if blocker is None else []),
+        "rlimits": ["CPU", "AS", "FSIZE", "NOFILE", "CORE"] + (
+            ["NPROC"] if blocker is None or isolation == "mount_namespace" else []),
         "env_allowlist": True,
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
@@ -180,7 +186,7 @@ def confine(task_dir: str, uid: int | None, cpu_s: float, memory_mb: int, isolat
     _lim(resource.RLIMIT_FSIZE, OUTPUT_CAP)
     _lim(resource.RLIMIT_NOFILE, NOFILE)
     _lim(resource.RLIMIT_CORE, 0)
-    if uid is not None:
+    if uid is not None or isolation == "mount_namespace":  # a user namespace counts NPROC on its own
         _lim(resource.RLIMIT_NPROC, NPROC)
     work = os.path.join(task_dir, "work")
     abi = _isolate.landlock_abi()
@@ -193,7 +199,7 @@ def confine(task_dir: str, uid: int | None, cpu_s: float, memory_mb: int, isolat
         if uid is not None:
             _isolate.drop_privileges(uid)
         if isolation == "landlock":
-            _isolate.landlock(_isolate.keep_paths() + ["/proc", "/sys", "/dev"], [work], abi)
+            _isolate.landlock(_isolate.keep_paths() + EXTRA_READ + ["/proc", "/sys", "/dev"], [work], abi)
     os.chdir(work)
     os.environ.clear()
     os.environ.update(sandbox_env(work))
