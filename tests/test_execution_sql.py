@@ -220,3 +220,29 @@ def test_every_spider_dev_gold_is_correct_against_itself(rule):
     bad = [(p.id, x) for (p, _), x in zip(items, v, strict=True) if x.correct is not True]
     assert not bad, bad[:5]
     assert all(_sha(path) == h for path, h in shas.items())
+
+
+# evaluation.py (taoyds/test-suite-sql-eval @ 893d0df) rewrites the prediction with p_str.replace(" value ", " 1 ")
+# before running it, blind to SQL: a column alias named value then becomes `AS 1`, a syntax error, so the official
+# verdict is wrong; `strict` runs the text as written. Only the space-padded word is hit.
+VALUE_ALIAS = [
+    ("SELECT count(*) AS value FROM t", False, True),
+    ("SELECT count(*) AS value FROM t;", False, True),
+    ("SELECT count(*) value FROM t", False, True),
+    ("SELECT count(*) AS value FROM t WHERE b != 'value'", False, True),
+    ("SELECT count(*) AS value\nFROM t", True, True),  # newline after the word: not rewritten
+    ('SELECT count(*) AS "value" FROM t', True, True),  # quoted: not rewritten
+    ("SELECT count(*) AS values_n FROM t", True, True),
+]
+
+
+@pytest.mark.parametrize("pred, official, sensible", VALUE_ALIAS, ids=[v[0] for v in VALUE_ALIAS])
+def test_value_alias_quirk(db, pred, official, sensible):
+    gold = "SELECT count(*) FROM t"
+    for rule, want in (("spider_ts", official), ("strict", sensible)):
+        cfg = BenchmarkConfig(name="spider", comparison=rule, timeout_s=5.0, workers=1)
+        [v] = judge([(Problem(id="v", question="", context="", gold=gold, db_path=str(db)), pred)], cfg,
+                    progress=False)
+        assert v.correct is want, (rule, pred, v)
+        if rule == "spider_ts" and not want:
+            assert v.status == "error" and "syntax error" in v.error, v

@@ -218,3 +218,15 @@ def landlock(read: list[str], write: list[str], abi: int) -> None:
         _check(_libc.syscall(SYS_LL_RESTRICT, fd, 0), "landlock_restrict_self")
     finally:
         os.close(fd)
+
+
+def readonly_world() -> None:
+    """SQL worker, first thing under `unshare --mount --net`: every mount read-only (/tmp too: databases may lie
+    there), no_new_privs, and Landlock (when present) denying every write. SQLite reads the databases in place."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _readonly("/")
+    abi = landlock_abi()
+    if abi:
+        landlock(["/"], [], abi)
+    else:
+        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")

@@ -18,10 +18,15 @@ What the sandbox protects against (each is an adversarial test in tests/test_exe
 - hangs and crashes outside SQLite's VM: each worker has RLIMIT_AS and is SIGKILLed by the parent at
   deadline + grace and replaced (status `timeout`, or `killed` if it died); other tasks are unaffected.
 
-What it does not protect against: a bug in SQLite itself (workers are ordinary processes of the calling
-user, with no namespace, seccomp or privilege drop: SQLite never runs model-written code, only model-written
-SQL); reads, which are allowed by design, of any table of the database the task names; a database file that
-changes while it is being read (its fingerprint is taken once per process per file version).
+- the rest of the machine, where the Python sandbox's mount namespace works (`capabilities()["isolation"]`):
+  workers start under the same `unshare --mount --pid --net` and make every mount read-only (in their own
+  mount namespace), with no network, no_new_privs and a Landlock domain that allows no write at all.
+  A once-per-worker cost; without namespaces the workers are ordinary processes of the calling user.
+
+What it does not protect against: a bug in SQLite itself (no seccomp, no privilege drop: SQLite never runs
+model-written code, only model-written SQL); reads, which are allowed by design, of any table of the database the
+task names and of any file the calling user can read; a database file that changes while it is being read (its
+fingerprint is taken once per process per file version).
 """
 
 from __future__ import annotations
@@ -63,8 +68,14 @@ def _authorizer(action, arg1, arg2, db, trigger):
 
 
 def worker_init() -> None:
-    """Per worker process: address-space limit and the process-wide SQLite heap limit."""
+    """Per worker process: filesystem isolation (when started under a mount namespace), address-space limit and
+    the process-wide SQLite heap limit."""
     import resource
+
+    if os.environ.get("LUTRA_SQL_ISOLATE") == "1":
+        from lutra.execution import _isolate
+
+        _isolate.readonly_world()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     cap = WORKER_AS_LIMIT if hard == resource.RLIM_INFINITY else min(WORKER_AS_LIMIT, hard)
@@ -166,8 +177,29 @@ def pool(workers: int | None = None):
         if _POOL is None or _POOL.n != n:
             if _POOL is not None:
                 _POOL.close()
-            _POOL = WorkerPool("sql", n)
+            _POOL = WorkerPool("sql", n, argv=_isolated_argv(), env=_worker_env(isolate=True))
         return _POOL
+
+
+def _isolated_argv() -> list[str] | None:
+    """`unshare --mount --pid --net ...` + the worker, where the Python sandbox's namespaces work here."""
+    import sys
+
+    from lutra.execution.sandbox import capabilities
+
+    caps = capabilities()
+    if caps["isolation"] != "mount_namespace":
+        return None
+    return caps["unshare_argv"] + [sys.executable, "-m", "lutra.execution._worker", "sql"]
+
+
+def _worker_env(isolate: bool) -> dict:
+    from lutra.execution.pool import _worker_env as base
+
+    env = base()
+    if isolate and _isolated_argv() is not None:
+        env["LUTRA_SQL_ISOLATE"] = "1"
+    return env
 
 
 def fingerprint(db_path: str | None) -> str:
