@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 from pathlib import Path
 
 from lutra.benchmarks import BenchmarkError, Problem
@@ -222,6 +223,7 @@ def check_references(cfg, problems: list[Problem], *, progress: bool = True, ref
     cache = Path(str(cfg.options.get("datasets_dir") or DATASETS_DIR)).expanduser() / f"references-{key}.json"
     if cache.is_file() and not refresh:
         return json.loads(cache.read_text())
+    fill_datasets(cfg, problems)
     verdicts = judge([(p, p.gold) for p in problems], cfg, progress=progress, desc="references")
     libs: dict[str, list[int]] = {}
     failures = {}
@@ -247,3 +249,31 @@ def reference_table(report: dict) -> str:
     for pid, (status, why) in sorted(report["failures"].items(), key=lambda kv: int(kv[0])):
         lines.append(f"  {pid}: {status}: {why}")
     return "\n".join(lines)
+
+
+SEABORN_SETS = re.compile(r"""load_dataset\(\s*["']([\w-]+)["']""")
+
+
+def fill_datasets(cfg, problems: list[Problem]) -> dict[str, str]:
+    """Cache the seaborn datasets (and sklearn's California housing) the chosen records download, into
+    options.datasets_dir, which the sandbox binds read-only (programs have no network). {name: status}."""
+    from lutra.execution.python import DATASETS_DIR
+
+    root = Path(str(cfg.options.get("datasets_dir") or DATASETS_DIR)).expanduser()
+    (root / "seaborn-data").mkdir(parents=True, exist_ok=True)
+    (root / "scikit_learn_data").mkdir(parents=True, exist_ok=True)
+    names = sorted({m for p in problems for m in SEABORN_SETS.findall(p.test_context or "")})
+    need_housing = any("fetch_california_housing" in (p.test_context or "") for p in problems)
+    code = ("import sys, seaborn, sklearn.datasets as d\nfor n in sys.argv[2:]:\n    try:\n"
+            "        seaborn.load_dataset(n, data_home=sys.argv[1] + '/seaborn-data'); print(n, 'ok')\n"
+            "    except Exception as e:\n        print(n, type(e).__name__)\n"
+            + ("try:\n    d.fetch_california_housing(data_home=sys.argv[1] + '/scikit_learn_data'); print('housing ok')\n"
+               "except Exception as e:\n    print('housing', type(e).__name__)\n" if need_housing else ""))
+    import subprocess
+
+    try:
+        r = subprocess.run([interpreter(cfg), "-I", "-c", code, str(root), *names], capture_output=True, text=True,
+                           timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"error": str(e)}
+    return dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)

@@ -2,7 +2,7 @@
 
 Decoding never imports or calls anything named by the data (no pickle): it builds only None, bool, int, float,
 complex, str, bytes, list, tuple, dict, set, numpy arrays/scalars of non-object dtypes (object arrays are
-rebuilt element by element), pandas Index/MultiIndex/Series/DataFrame (values, dtype name, names) and
+rebuilt element by element), pandas Index/RangeIndex/MultiIndex/Series/DataFrame (values, dtype name, names) and
 torch tensors (through numpy). Anything else is `Unencodable`: a solution returning it is wrong, and a problem
 whose *expected* answer is not faithfully representable is checked on the documented same-process path.
 """
@@ -14,6 +14,8 @@ import json
 import math
 
 MAX_DEPTH = 64
+_PD1_INDEX = ("Int64Index", "UInt64Index", "Float64Index")
+"""pandas < 2 index classes (the DS-1000 environment's pandas 1.5); pd.Index(values, dtype) rebuilds them."""
 
 
 class Unencodable(TypeError):
@@ -65,7 +67,9 @@ def _enc(x, depth=0):
         if t is pd.MultiIndex:
             return {"$": "midx", "levels": [_enc(x.get_level_values(i), depth + 1) for i in range(x.nlevels)],
                     "names": _enc(list(x.names), depth + 1)}
-        if isinstance(x, pd.Index) and t in (pd.Index, pd.RangeIndex, pd.DatetimeIndex):
+        if t is pd.RangeIndex:
+            return {"$": "ridx", "v": [x.start, x.stop, x.step], "name": _enc(x.name, depth + 1)}
+        if isinstance(x, pd.Index) and (t in (pd.Index, pd.DatetimeIndex) or t.__name__ in _PD1_INDEX):
             return {"$": "idx", "v": _nd(x.to_numpy(), depth), "dtype": str(x.dtype), "name": _enc(x.name, depth + 1)}
         if t is pd.Series:
             return {"$": "ser", "v": _nd(x.to_numpy(), depth), "dtype": str(x.dtype), "name": _enc(x.name, depth + 1),
@@ -131,6 +135,8 @@ def _dec(x):
 
     if tag == "ts":
         return pd.Timestamp(x["v"])
+    if tag == "ridx":
+        return pd.RangeIndex(*[int(v) for v in x["v"]], name=_dec(x["name"]))
     if tag == "idx":
         return pd.Index(_dnd(x["v"]), dtype=x["dtype"], name=_dec(x["name"]))
     if tag == "midx":
