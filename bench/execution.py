@@ -135,6 +135,70 @@ def bench_python(n: int) -> dict:
             "fresh_programs_per_s": 1 / fresh, "speedup": fresh / zyg, "fresh_ok": fresh_ok}
 
 
+_CONFINE = r"""
+import os, sys, time, json
+sys.path.insert(0, {root!r})
+from lutra.execution import _isolate, sandbox
+iso, n = sys.argv[1], int(sys.argv[2])
+if iso == "mount_namespace":
+    _isolate.private_tmp()
+    _isolate.build_root(_isolate.keep_paths())
+root = "/sbx" if iso == "mount_namespace" else __import__("tempfile").mkdtemp()
+times = []
+for i in range(n):
+    d = os.path.join(root, f"t{{i}}")
+    for sub in ("", "/work", "/shm"):
+        os.mkdir(d + sub)
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        sandbox.confine(d, None, 5, 512, iso)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    times.append(time.perf_counter() - t0)
+times.sort()
+print(json.dumps({{"median_ms": 1000 * times[n // 2], "p90_ms": 1000 * times[int(n * 0.9)]}}))
+"""
+
+
+def bench_confine(n: int = 200) -> dict:
+    """fork + confine + exit + wait for each isolation, the part of a program's cost that isolation adds, timed
+    without the program (so other load on the machine does not drown the difference)."""
+    from lutra.execution.pool import _PKG_PARENT
+
+    caps = capabilities()
+    out = {}
+    for iso in ["none"] + (["landlock"] if caps["landlock_abi"] else []) + (
+            ["mount_namespace"] if caps["isolation"] == "mount_namespace" else []):
+        prefix = caps["unshare_argv"] if iso == "mount_namespace" else []
+        r = subprocess.run(prefix + [sys.executable, "-I", "-c", _CONFINE.format(root=_PKG_PARENT), iso, str(n)],
+                           capture_output=True, text=True, timeout=300)
+        out[iso] = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"error": r.stderr[-300:]}
+    return out
+
+
+def bench_isolation(n: int, rounds: int = 3) -> dict:
+    """Per-program cost of each filesystem isolation on the zygote path, same program, interleaved rounds (so
+    load from other processes hits every mode alike); the median of the rounds' means."""
+    caps = capabilities()
+    modes = ["none"] + (["landlock"] if caps["landlock_abi"] else []) + (
+        ["mount_namespace"] if caps["isolation"] == "mount_namespace" else [])
+    per: dict[str, list[float]] = {m: [] for m in modes}
+    ok: dict[str, int] = {m: 0 for m in modes}
+    for _ in range(rounds):
+        for m in modes:
+            setup = P.Setup(isolation=m, allow_unisolated=True)
+            P.run("pass", setup=setup)  # start (or restart) this mode's zygotes outside the timing
+            t0 = time.perf_counter()
+            res = [P.run(DS_PROGRAM, timeout_s=30, setup=setup) for _ in range(n)]
+            per[m].append((time.perf_counter() - t0) / n)
+            ok[m] += sum(r.status == "ok" for r in res)
+    med = {m: sorted(v)[len(v) // 2] for m, v in per.items()}
+    return {"programs_per_round": n, "rounds": rounds, "ms_per_program": {m: v * 1000 for m, v in med.items()},
+            "added_ms_vs_none": {m: (v - med["none"]) * 1000 for m, v in med.items()},
+            "ok": ok, "runs": {m: [x * 1000 for x in v] for m, v in per.items()}}
+
+
 def bench_false_timeouts(n: int = 16, timeout_s: float = 1.0) -> dict:
     loops = 1
     while True:  # calibrate a busy loop to ~25% of the timeout in CPU
@@ -168,8 +232,9 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         res = {"capabilities": capabilities(), "sql": bench_sql(args.items, args.baseline, tmp),
-               "python": bench_python(args.python), "false_timeouts": bench_false_timeouts()}
-    s, p, f = res["sql"], res["python"], res["false_timeouts"]
+               "python": bench_python(args.python), "isolation": bench_isolation(args.python), "confine": bench_confine(),
+               "false_timeouts": bench_false_timeouts()}
+    s, p, f, iso, cf = res["sql"], res["python"], res["false_timeouts"], res["isolation"], res["confine"]
     rows = [
         ("SQL verdicts/s, lutra (cold caches)", f"{s['lutra_verdicts_per_s']:.0f}",
          f"{s['items']} items, {s['distinct_executed']} distinct, {s['workers']} workers, {s['data']}"),
@@ -181,7 +246,11 @@ def main() -> None:
         ("Python programs/s, fresh interpreter", f"{p['fresh_programs_per_s']:.2f}",
          f"{p['fresh_s_per_program']*1000:.0f} ms each"),
         ("Python speedup", f"{p['speedup']:.1f}x", ""),
-    ] + [(f"false timeouts, {k}", f"{v['timeouts']}/{v['programs']}",
+    ] + [(f"isolation {m}: ms per program", f"{v:.1f}", f"{iso['added_ms_vs_none'][m]:+.1f} ms vs none, "
+          f"{iso['ok'][m]}/{iso['rounds'] * iso['programs_per_round']} ok") for m, v in iso["ms_per_program"].items()
+         ] + [(f"fork + confine + exit, {m}", f"{v.get('median_ms', float('nan')):.2f}", f"ms median, p90 "
+          f"{v.get('p90_ms', float('nan')):.2f}") for m, v in cf.items()
+         ] + [(f"false timeouts, {k}", f"{v['timeouts']}/{v['programs']}",
           f"{v['timeouts_after_serial_rerun']} after serial re-run")
          for k, v in f.items() if k.startswith("workers")]
     w = max(len(r[0]) for r in rows)

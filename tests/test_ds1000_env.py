@@ -17,7 +17,11 @@ from lutra.config import BenchmarkConfig
 from lutra.execution import judge
 from lutra.execution import python as P
 
-DS1000 = Path("/work/shared/data/ds1000/data/ds1000.jsonl.gz")
+DS1000 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ds1000" / "data" / "ds1000.jsonl.gz"
+if not DS1000.exists():
+    DS1000 = Path("/work/shared/data/ds1000/data/ds1000.jsonl.gz")
+needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
+                                   reason="scikit-learn not installed (the ds1000 extra)")
 DS_PYTHON = os.environ.get("LUTRA_DS1000_PYTHON", "/work/ds1000-venv/bin/python")
 
 # A record in the official format whose expected answer (a fitted estimator) the codec cannot carry: it is checked
@@ -70,11 +74,13 @@ FAKES = [
 ]
 
 
+@needs_sklearn
 def test_genuine_estimator_passes_inproc():
     r = P.run_ds1000(ESTIMATOR, "result = LinearRegression().fit(X, y)", timeout_s=60)
     assert r.passed is True and r.path == "inproc", r
 
 
+@needs_sklearn
 @pytest.mark.parametrize("name, sol", FAKES, ids=[f[0] for f in FAKES])
 def test_fake_objects_never_reach_a_passing_check(name, sol):
     r = P.run_ds1000(ESTIMATOR, sol, timeout_s=60)
@@ -90,6 +96,7 @@ def _problem(context: str) -> Problem:
 CONTEXT_TF = ESTIMATOR.replace("import numpy as np\nfrom sklearn", "import numpy as np\nimport tensorflow\nfrom sklearn", 1)
 
 
+@needs_sklearn
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="tensorflow is installed here")
 def test_missing_library_in_the_record_is_env_error():
     cfg = BenchmarkConfig(name="ds1000", executor="python", timeout_s=60.0, workers=1)
@@ -97,6 +104,7 @@ def test_missing_library_in_the_record_is_env_error():
     assert v.status == "env_error" and v.correct is None and "tensorflow" in v.error, v
 
 
+@needs_sklearn
 @pytest.mark.skipif(importlib.util.find_spec("xgboost") is not None, reason="xgboost is installed here")
 def test_missing_library_in_the_solution():
     cfg = BenchmarkConfig(name="ds1000", executor="python", timeout_s=60.0, workers=1)

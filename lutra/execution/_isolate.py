@@ -22,6 +22,7 @@ Two mechanisms, chosen once per process by `sandbox.capabilities()` (`isolation`
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import struct
 import sys
@@ -85,7 +86,17 @@ def _readonly(path: str, recursive: bool = True) -> None:
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 
 
+@functools.lru_cache(maxsize=1)
+def _keep() -> tuple[str, ...]:
+    return tuple(_keep_paths())
+
+
 def keep_paths() -> list[str]:
+    """What a program may read (cached: sys.path does not change in a zygote)."""
+    return list(_keep())
+
+
+def _keep_paths() -> list[str]:
     """What a program may read: system dirs and this interpreter's prefixes and package dirs (not the project)."""
     keep = list(SYSTEM)
     for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}:

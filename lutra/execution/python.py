@@ -11,24 +11,29 @@ row of reliability.md 5.3):
 - runaway programs: CPU and wall deadlines enforced from outside (SIGKILL of the process group; PID-namespace
   `kill(-1)` reaps double-forked daemons), `input()` gets EOF, output goes to files capped by RLIMIT_FSIZE
   (`output_flood`), RLIMIT_AS (`oom`), NPROC/NOFILE for fork and fd bombs;
-- damage outside the temp dir: as root the child runs as an unprivileged uid (root-owned files stay intact);
-  a network namespace has no route out; the environment is an allow-list (no API keys, CUDA hidden);
+- damage outside the scratch dir and reading what is not its business: a private read-only root or Landlock
+  (sandbox.py lists what each covers); as root also an unprivileged uid; a network namespace has no route out;
+  the environment is an allow-list (no API keys, CUDA hidden). No isolation at all: refuse (fail closed);
 - forged verdicts: exit codes, stdout text and `os._exit(0)` never mean pass. For DS-1000 records the
   expected answers and `exec_test` live in a separate trusted checker process; the solution's process gets
   only the test inputs and returns `result` in a safe format (lutra.execution._codec: JSON + raw arrays, never
   pickle), so rebinding `np.testing`, walking frames or gc for the expected answer, `__eq__` that is always
   true, poisoning the oracle, or exiting 0 cannot make a wrong answer pass. Results that cannot be
-  represented are wrong.
+  represented are wrong. Test inputs travel the other way as codec bytes when those rebuild them
+  faithfully (fresh constructions, as in the official harness), else as pickle (trusted -> solution only).
 - The documented exception: records whose expected answer cannot be represented faithfully (Matplotlib
   figures checked through `plt.gca()`, ans.png, sklearn/scipy objects...) run the official harness in the
   solution's process with tamper detection: identities of the comparison functions before and after, the
-  hash of `ans.png` before each `exec_test`, and a nonce-carrying report after the checks. That stops
-  learned or accidental tampering (verdict `tamper`, counted), not a determined attacker in the same process.
+  hash of `ans.png` before each `exec_test`, a nonce-carrying report after the checks, and the `result` handed
+  to `exec_test` must be plain data or objects of unmodified library classes (`_ds1000_check.plain`: a class of
+  the solution's, a subclass, an attribute holding an always-equal object, a patched method -> `tamper`). That
+  stops learned or accidental tampering (counted), not a determined attacker in the same process.
+- environment errors: a record that fails because a DS-1000 library is missing (or a dataset it downloads
+  is not cached) is `env_error` with correct=None, never a rejected sample.
 
-What it does not protect against: kernel exploits; reading world-readable files of the host (there is no
-mount namespace or chroot); without a PID namespace, a daemon that leaves its session can outlive the task;
-without root, no uid drop (the program can delete what the calling user can); network access when no
-network namespace is available (reported as `net_namespace: False`).
+What it does not protect against: kernel exploits; reading world-readable system files (inside the private
+root, read-only); without a PID namespace, a daemon that leaves its session can outlive the task; a determined
+attacker on the same-process DS-1000 path (above).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from dataclasses import dataclass
 
 from lutra.execution import Verdict
 from lutra.execution.pool import _PKG_PARENT, WorkerPool, default_workers
-from lutra.execution.sandbox import capabilities, require_isolation
+from lutra.execution.sandbox import capabilities, require_isolation, uid_drop_blocker
 
 PRELOAD = ("numpy", "pandas", "matplotlib", "matplotlib.pyplot", "scipy", "scipy.stats", "sklearn", "PIL.Image")
 """Imported once in every zygote (torch and tensorflow are not: they start threads that do not survive fork)."""
@@ -81,6 +86,8 @@ class Setup:
     read: tuple = ()
     env: tuple = ()
     allow_unisolated: bool = False
+    isolation: str = ""
+    """"": what capabilities() found; `none` / `landlock` force a weaker layer (bench/execution.py compares them)."""
 
     @classmethod
     def from_options(cls, options) -> Setup:
@@ -107,12 +114,15 @@ def pool(workers: int | None = None, preload: tuple = PRELOAD, setup: Setup = Se
     with _LOCK:
         if key not in _POOLS:
             caps = capabilities()
-            iso = require_isolation(setup.allow_unisolated)
+            iso = setup.isolation or require_isolation(setup.allow_unisolated)
             for p in _POOLS.values():
                 p.close()
             _POOLS.clear()
-            prefix = caps["unshare_argv"] if iso == "mount_namespace" or "--mount" not in caps["unshare_argv"] else []
-            base = caps["sandbox_uid_base"] if caps["uid_drop"] else None
+            prefix = caps["unshare_argv"]
+            if iso != "mount_namespace":  # the PID and network namespaces alone, as before mount isolation
+                prefix = [a for a in prefix if a != "--mount"]
+            drop = caps["uid_drop"] and (iso == "mount_namespace" or uid_drop_blocker() is None)
+            base = caps["sandbox_uid_base"] if drop else None
             boot = _BOOT.format(root=_PKG_PARENT)
             extra = json.dumps({"read": list(setup.read), "env": dict(setup.env)})
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",

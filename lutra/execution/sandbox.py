@@ -1,17 +1,34 @@
 """Isolation layers for untrusted Python, detected once per process; `capabilities()` reports what is in force.
 
 Layers (reliability.md 3.2), each applied only when this machine allows it, and reported either way:
-- `pid_namespace` / `net_namespace`: the zygote runs under `unshare --pid --fork --kill-child --net` (root) or
-  `unshare --user --map-root-user ...` (unprivileged user namespaces); it is PID 1 of its namespace, so
-  `kill(-1)` after each program reaps every descendant, double-forked daemons included, and the network
-  namespace has no interface but a downed loopback. Without them: session + process-group kill and a
-  child-subreaper scan (a daemon that escapes its session can survive), and the network is reachable.
-- `uid_drop`: when running as root (and the interpreter is readable by other users, see uid_drop_blocker), untrusted code runs as uid SANDBOX_UID_BASE + worker slot (no groups), so
-  RLIMIT_NPROC counts only its own processes and files outside its temp dir owned by root are read-only to it.
-  Not root: code runs as the calling user and can touch whatever that user can.
-- `rlimits`: CPU, address space, file size, open files, process count, core size.
-- always: fresh temp working dir (HOME and TMPDIR inside), environment allow-list, stdin from /dev/null,
+- `isolation` (filesystem; lutra.execution._isolate): `mount_namespace` (as root, or unprivileged through a user
+  namespace) gives every program a private read-only root holding only the system and Python directories, with
+  its own scratch dir as /tmp and /dev/shm, a /proc of its own PID namespace, every capability dropped and
+  no_new_privs; `landlock` (no namespaces) confines reads to the same allow-list and writes to the scratch dir,
+  and scopes signals and abstract sockets; `none` makes `benchmark.executor=python` refuse to run (fail closed,
+  `require_isolation`) unless `benchmark.options.allow_unisolated=true` or LUTRA_ALLOW_UNISOLATED=1.
+- `pid_namespace` / `net_namespace`: the zygote runs under `unshare --mount --pid --fork --kill-child --net`
+  (root) or `unshare --user --map-root-user ...`; it is PID 1 of its namespace, so `kill(-1)` after each program
+  reaps every descendant, double-forked daemons included, and the network namespace has no interface but a
+  downed loopback. Without them: session + process-group kill and a child-subreaper scan (a daemon that escapes
+  its session can survive), and the network is reachable (Landlock ABI >= 4 still denies TCP).
+- `uid_drop`: as root, untrusted code runs as uid SANDBOX_UID_BASE + worker slot (no groups), so RLIMIT_NPROC
+  counts only its own processes and root's files are not its own. Inside the private root the interpreter is
+  always reachable; without it the interpreter must be readable by other users (uid_drop_blocker).
+- `rlimits`: CPU, address space, file size, open files, process count (per slot uid, or per user namespace),
+  core size.
+- always: fresh scratch working dir (HOME and TMPDIR there), environment allow-list, stdin from /dev/null,
   output to size-capped files, CUDA_VISIBLE_DEVICES="".
+
+Protects against (tests/test_sandbox_adversarial.py, as root and as nobody): deleting, truncating, renaming or
+writing any file outside the scratch dir (os, posix, a reloaded os, ctypes, subprocesses, symlinks, hardlinks,
+/proc/*/root), reading the project, the run dir, $HOME or other processes' /proc/<pid>/environ, signalling or
+ptracing anything outside, reaching the host's loopback or abstract sockets, leaving processes behind, filling
+the host's /tmp or /dev/shm, remounting or unsharing its way out, and poisoning the zygote for later programs.
+Does not protect against: kernel exploits (no seccomp filter; the kernel's whole syscall surface is reachable);
+reading world-readable system files (/etc, /usr: they are in the root, read-only); CPU and memory contention
+with other programs (rlimits per program, no cgroup); and, with Landlock only, abstract sockets and signals on
+kernels before ABI 6 and UDP (Landlock has no UDP rule).
 """
 
 from __future__ import annotations
