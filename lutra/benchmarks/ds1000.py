@@ -277,3 +277,19 @@ def fill_datasets(cfg, problems: list[Problem]) -> dict[str, str]:
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"error": str(e)}
     return dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
+
+
+def prepare_environment(cfg, split: str | None = None, *, progress: bool = True) -> dict:
+    """`python -m lutra.prepare benchmark=ds1000`: check the libraries, cache the datasets, run every reference of
+    `split` (options.reference_split, default all) once and log the per-library pass counts and each failure."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    problems = load(cfg, split or str(cfg.options.get("reference_split", "all")))
+    for w in check_environment(cfg, problems):
+        log.warning("%s", w)
+    report = check_references(cfg, problems, progress=progress)
+    log.info("DS-1000 references in %s (cached in %s):\n%s", report["python"], report.get("cache", "the cache"),
+             reference_table(report))
+    return {"passed": report["passed"], "n": report["n"], "libraries": report["libraries"],
+            "failures": report["failures"]}

@@ -154,7 +154,7 @@ def env_error(r: dict, context: str = "") -> str | None:
     m = _NO_MODULE.search(err)
     if m and m.group(1) in ENV_LIBS:  # the top-level package itself (a missing submodule is the program's fault)
         return f"library {m.group(1)!r} is not installed (see the README's DS-1000 environment)"
-    cache_miss = "Read-only file system" in err and ("seaborn-data" in err or "scikit_learn_data" in err)
+    cache_miss = "Read-only file system" in err  # the dataset loader tried to create its (absent) cache dir
     if (cache_miss or any(n in err for n in _NETWORK)) and ("load_dataset(" in context or "fetch_" in context):
         return "the record downloads a dataset and there is no network and no cached copy (benchmark.options." \
                "datasets_dir; `python -m lutra.prepare benchmark=ds1000` fills it)"
