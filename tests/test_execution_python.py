@@ -152,6 +152,8 @@ def canary():
     yield
     os.environ.pop("WANDB_API_KEY", None)
     assert (CANARY_DIR / "canary.txt").read_text() == "intact"
+    (CANARY_DIR / "canary.txt").unlink()
+    CANARY_DIR.rmdir()
 
 
 def test_hostile_count():
