@@ -1,7 +1,7 @@
 """Helpers shared by the bench/ scripts: data, models, memory, timing, tables, results.
 
 Everything is built locally (no hub): mini_sql problems generated into a temporary directory, a byte-level BPE
-tokenizer trained on their text (lutra.tiny.train_tokenizer), randomly initialised Llama models of two sizes.
+tokenizer trained on their text (lutra.policy.tiny.train_tokenizer), randomly initialised Llama models of two sizes.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0,
 def setup(threads: int | None = None) -> None:
     import torch
 
-    from lutra.models import setup_torch
+    from lutra.policy.device import setup_torch
 
     setup_torch(threads or int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     torch.manual_seed(0)
@@ -65,7 +65,7 @@ def model_cfg():
 def tokenizer():
     """The tiny recipe's tokenizer, trained on mini_sql warm-up + train text (vocab ~1k: BPE runs out of merges)."""
     from lutra import benchmarks
-    from lutra.tiny import train_tokenizer
+    from lutra.policy.tiny import train_tokenizer
 
     cfg, splits = mini_sql()
     texts = [benchmarks.user_message(cfg, p) + "\n" + p.gold for p in splits["warmup"] + splits["train"]]
@@ -74,7 +74,7 @@ def tokenizer():
 
 def prompt_text(problem) -> str:
     from lutra import benchmarks
-    from lutra.data import format_prompt
+    from lutra.policy.prompts import format_prompt
 
     cfg, _ = mini_sql()
     return format_prompt(tokenizer(), benchmarks.user_message(cfg, problem), model_cfg())
@@ -98,7 +98,7 @@ def llama(size: str, seed: int = 0):
 
 def repeat_pairs(enc, times: int):
     """`enc`'s pairs `times` over, in order (one copy per timed step, so every step sees the same batch)."""
-    from lutra.data import EncodedPairs
+    from lutra.training.data import EncodedPairs
 
     return EncodedPairs(prompts=enc.prompts * times, chosen=enc.chosen * times, rejected=enc.rejected * times,
                         index=list(range(len(enc.prompts) * times)))
@@ -127,13 +127,13 @@ def merged_generate(generate):
 
 
 def concat_cache_generate(generate):
-    """`generate` (lutra.sampling.generate) with its growing KV cache swapped for transformers' DynamicCache, which
-    concatenates the whole cache at every decoding step: the sampler as it was before the fix, for comparison."""
+    """`generate` (lutra.policy.sampling.generate) with its growing KV cache swapped for transformers' DynamicCache,
+    which concatenates the whole cache at every decoding step: the sampler as it was before the fix, for comparison."""
     import functools
 
     import transformers
 
-    import lutra.sampling as S
+    import lutra.policy.sampling as S
 
     @functools.wraps(generate)
     def wrapper(*args, **kwargs):

@@ -10,7 +10,7 @@ the config's maximum lengths (max_prompt_len prompt tokens, max_completion_len t
 the worst case the loop admits), random token ids.
 
 - lutra: the loop's own training path: `reference_logps` once (no grad), then `PolicyModule` +
-  `PreferenceDataModule` under a Lightning Trainer built by `lutra.strategies.trainer_kwargs` from
+  `PreferenceDataModule` under a Lightning Trainer built by `lutra.training.strategies.trainer_kwargs` from
   `conf/trainer/gpu.yaml` (bf16-mixed).
 - trl: `DPOTrainer(loss_type=["sigmoid", "sft"], precompute_ref_log_probs=True, bf16=True,
   gradient_checkpointing=True)` with the same peft LoRA config, fed the same token ids.
@@ -73,7 +73,7 @@ def build_model(shape: str, device: str):
     with torch.device(device):
         model = LlamaForCausalLM._from_config(hf, dtype=dtype)
     model.eval()
-    if mcfg.gradient_checkpointing:  # as lutra.models.load_base does
+    if mcfg.gradient_checkpointing:  # as lutra.policy.models.load_base does
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     return model, cfg, hf.vocab_size
@@ -82,7 +82,7 @@ def build_model(shape: str, device: str):
 def encoded(pairs: int, prompt_len: int, completion_len: int, vocab: int, seed: int = 0):
     import torch
 
-    from lutra.data import EncodedPairs
+    from lutra.training.data import EncodedPairs
 
     g = torch.Generator().manual_seed(seed)
 
@@ -100,10 +100,11 @@ def run_lutra(shape: str, pairs_list: list[int], steps: int, device: str, length
     from omegaconf import OmegaConf
 
     from lutra.config import MethodConfig, TrainerConfig
-    from lutra.data import PreferenceDataModule, ordered_batches
-    from lutra.models import new_adapter
-    from lutra.module import PolicyModule, reference_logps
-    from lutra.strategies import trainer_kwargs
+    from lutra.policy.logprobs import reference_logps
+    from lutra.policy.models import new_adapter
+    from lutra.training.data import PreferenceDataModule, ordered_batches
+    from lutra.training.module import PolicyModule
+    from lutra.training.strategies import trainer_kwargs
 
     cuda = device == "cuda"
     t = time.perf_counter()
@@ -165,7 +166,7 @@ def run_trl(shape: str, pairs_list: list[int], steps: int, device: str, lengths=
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from lutra.models import lora_config
+    from lutra.policy.models import lora_config
 
     cuda = device == "cuda"
     model, cfg, vocab = build_model(shape, device)

@@ -1,4 +1,4 @@
-"""N samples per prompt on CPU: lutra.sampling.generate (prompt KV computed once, repeated N times, finished rows
+"""N samples per prompt on CPU: lutra.policy.sampling.generate (prompt KV computed once, repeated N times, finished rows
 pruned) vs HF `model.generate(num_return_sequences=N, do_sample=True, top_k=0)` (every prompt copied N times
 before the prefill), same prompts, same sampling settings (temperature 0.8, top-p 0.95: the codelutra config).
 
@@ -34,7 +34,7 @@ def _load(which: str):
 
 
 def run_lutra(model, tok, prompts, n, max_new) -> tuple[float, int]:
-    import lutra.sampling as S
+    import lutra.policy.sampling as S
 
     counted = [0]
     orig = S._generate_batch
@@ -57,7 +57,7 @@ def run_lutra(model, tok, prompts, n, max_new) -> tuple[float, int]:
 def run_hf(model, tok, prompts, n, max_new) -> tuple[float, int]:
     import torch
 
-    from lutra.data import encode_prompt
+    from lutra.policy.prompts import encode_prompt
 
     ids = [encode_prompt(tok, p) for p in prompts]  # the same prompt ids lutra feeds
     width = max(map(len, ids))
@@ -101,7 +101,7 @@ def lora_rows(model, tok, prompts, args, which, plen) -> list[dict]:
         row["speedup"] = row["lutra_tok_s"] / row["hf_tok_s"]
         row["merged_speedup"] = row["lutra_merged_tok_s"] / row["lutra_tok_s"]
         row["growcache_speedup"] = row["lutra_tok_s"] / row["lutra_concat_tok_s"]
-        import lutra.sampling as S
+        import lutra.policy.sampling as S
 
         kw = dict(n=n, temperature=TEMPERATURE, top_p=TOP_P, max_new_tokens=args.max_new, seed=0, progress=False)
         row["growcache_same_texts"] = (S.generate(policy, tok, prompts, **kw)
@@ -128,7 +128,7 @@ def main() -> None:
     for which in args.model or ["random"]:
         model, tok = _load(which)
         from lutra import benchmarks
-        from lutra.data import encode_prompt, format_prompt
+        from lutra.policy.prompts import encode_prompt, format_prompt
 
         cfg, _ = common.mini_sql()
         prompts = [format_prompt(tok, benchmarks.user_message(cfg, p), common.model_cfg())

@@ -96,7 +96,7 @@ def estimate_8b(rows: list[dict], gold_tiny: float) -> dict:
     hf_prefill = samples * lp * 2 * n / (GPU["peak_tflops"] * 1e12 * GPU["infer_mfu"])
     hf_decode = samples / rows_ * lc * GPU["hf_steps_over_mean"] * hf_step
     t["sample_hf"] = hf_prefill + hf_decode
-    t["sample_lutra"] = prefill + hf_decode  # lutra.sampling: same eager decode, prompt prefilled once per problem
+    t["sample_lutra"] = prefill + hf_decode  # lutra.policy.sampling: same eager decode, prompt prefilled once per problem
     ev = PAPER["eval_problems"]
     ev_prefill = ev * lp * 2 * n / (GPU["peak_tflops"] * 1e12 * GPU["infer_mfu"])
     t["evaluate_vllm"] = ev_prefill + ev * PAPER["gold_tokens"] / conc * step_s

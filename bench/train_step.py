@@ -43,7 +43,7 @@ LR, BETA, CLIP = 1e-3, 0.1, 1.0
 
 
 def _encoded(pairs: int):
-    from lutra.data import encode_pairs
+    from lutra.training.data import encode_pairs
 
     tok = common.tokenizer()
     records = common.preference_records(n_problems=max(1, pairs // 4), pairs_per_problem=min(4, pairs))
@@ -77,9 +77,9 @@ def _trl_trainer(model, tok, enc, *, batch: int, precompute: bool, steps: int, o
 def agreement(size: str, pairs: int) -> dict:
     import torch
 
-    from lutra.data import PairDataset, collate
-    from lutra.loss import dpo_nll_loss
-    from lutra.module import completion_logps, reference_logps
+    from lutra.policy.logprobs import completion_logps, reference_logps
+    from lutra.training.data import PairDataset, collate
+    from lutra.training.loss import dpo_nll_loss
 
     common.setup()
     tok, enc = _encoded(pairs)
@@ -97,7 +97,7 @@ def agreement(size: str, pairs: int) -> dict:
     loss_trl = trainer.compute_loss(policy, inputs)
     grads_trl = torch.autograd.grad(loss_trl, params)
 
-    from lutra.data import ordered_batches
+    from lutra.training.data import ordered_batches
 
     ref = reference_logps(policy, ordered_batches(enc, len(enc.prompts), tok.pad_token_id), use_base=True,
                           progress=False)
@@ -166,9 +166,9 @@ def run_lutra(size: str, pairs: int, steps: int, warmup: int, share: bool, light
     from peft import get_peft_model
     from torch.utils.data import DataLoader
 
-    from lutra.data import PairDataset, collate, ordered_batches
-    from lutra.loss import dpo_nll_loss
-    from lutra.module import completion_logps, reference_logps
+    from lutra.policy.logprobs import completion_logps, reference_logps
+    from lutra.training.data import PairDataset, collate, ordered_batches
+    from lutra.training.loss import dpo_nll_loss
 
     common.setup()
     tok, enc = _encoded(pairs)
@@ -186,12 +186,12 @@ def run_lutra(size: str, pairs: int, steps: int, warmup: int, share: bool, light
         import lightning as L
 
         from lutra.config import MethodConfig
-        from lutra.module import PolicyModule
+        from lutra.training.module import PolicyModule
 
         if not share:  # PolicyModule has no switch for it: its module-level completion_logps is swapped
             import functools
 
-            import lutra.module as M
+            import lutra.training.module as M
 
             M.completion_logps = functools.partial(M.completion_logps, share_prefix=False)
 
@@ -247,8 +247,8 @@ def _spawn(spec: dict) -> dict:
 
 
 def batch_shape(pairs: int) -> dict:
-    from lutra.data import collate
-    from lutra.module import shared_prefix_len
+    from lutra.policy.logprobs import shared_prefix_len
+    from lutra.training.data import collate
 
     tok, enc = _encoded(pairs)
     items = [{"i": i, "prompt": p, "chosen": c, "rejected": r}

@@ -66,6 +66,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move the finished directory `src` to `dst`, replacing what was there (a rename within one filesystem)."""
+    if Path(dst).exists():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
     """Yield a temp directory beside `path`; on success it replaces `path` whole (old content removed)."""

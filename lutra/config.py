@@ -8,10 +8,14 @@ misspelt key or a wrong type fails while Hydra composes the config, and `__post_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+"""The YAML config groups every entry point composes (train, evaluate, prepare)."""
 
 
 class ConfigError(ValueError):

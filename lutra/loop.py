@@ -2,45 +2,49 @@
 
     sample -> execute -> pair -> train (reference log-probs first) -> evaluate
 
-Every stage writes its artifact atomically into round_k/ and is marked done in the manifest, so a restart
-skips finished stages and redoes only the unfinished one.
+Every stage writes its artifact atomically into round_k/ and is marked done in the manifest (`lutra.run.Run`), so
+a restart skips finished stages and redoes only the unfinished one. The algorithm comes first; the policy cache,
+the reference log-prob cache and the summary line follow it.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
-from pathlib import Path
 
 import torch
 
-from lutra import benchmarks, execution, fit_worker, vllm_backend
-from lutra.artifacts import fingerprint, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
+from lutra import benchmarks, execution
+from lutra.artifacts import atomic_write_bytes, fingerprint, read_jsonl, replace_dir, sha256_dir
+from lutra.benchmarks.sql_schema import check_databases
 from lutra.config import ConfigError
-from lutra.data import encode_pairs, format_prompt, ordered_batches
-from lutra.fit_worker import fit_policy
-from lutra.logging_utils import RunLogger
-from lutra.models import policy_at, setup_torch
-from lutra.module import reference_logps
+from lutra.logger import RunLogger
 from lutra.pairs import build_pairs, sft_targets
+from lutra.policy import vllm as vllm_backend
+from lutra.policy.device import setup_torch
+from lutra.policy.logprobs import reference_logps
+from lutra.policy.models import policy_at, resolve_path
+from lutra.policy.prompts import format_prompt
+from lutra.policy.sampling import generate
+from lutra.policy.tiny import ensure_tiny
 from lutra.run import Run
-from lutra.sampling import generate
-from lutra.strategies import autocast, device_for, fit, launcher
+from lutra.scoring import score_predictions
+from lutra.training.data import encode_pairs, ordered_batches
+from lutra.training.fit import ADAPTER_TMP, train_round
+from lutra.training.strategies import autocast, device_for
 
 log = logging.getLogger(__name__)
+STAGES = ("sample", "execute", "pair", "ref_logps", "train", "evaluate")
 
 
 def run(cfg) -> float:
     """Run (or resume) every round of `cfg`; returns the final eval execution accuracy (percent)."""
-    if cfg.method.reference == "base" and cfg.method.adapter == "fresh":
-        raise ConfigError("method.reference: `base` needs method.adapter=continue (a fresh adapter on merged "
-                          "weights has no adapter-free base to fall back to)")
-    if cfg.trainer.num_nodes > 1:  # every strategy on several nodes needs the relaunch path (lutra.strategies)
-        raise ConfigError(f"trainer.num_nodes: {cfg.trainer.num_nodes} needs ranks started on every node, and lutra "
-                          "starts its training workers on this node only (torchrun --standalone); see docs/gpu.md")
+    check_run_config(cfg)
     setup_torch()
     r = Loop(cfg)
     try:
+        ensure_tiny(cfg)  # model=tiny: build the base once (cached across runs) before any stage loads it
         acc = r.evaluate(0)
         for k in range(1, cfg.rounds + 1):
             acc = r.run_round(k)
@@ -59,10 +63,8 @@ class Loop:
         self.held_out_problems = benchmarks.load(cfg.benchmark, held) if held else []
         self.by_id = {p.id: p for p in self.train_problems}
         if cfg.benchmark.executor == "sql":  # a missing or corrupt database fails here, before any model loads
-            from lutra.benchmarks.sql_schema import check_databases
-
             check_databases(self.train_problems + self.eval_problems + self.held_out_problems)
-        self.capabilities = execution.capabilities() if hasattr(execution, "capabilities") else {}
+        self.capabilities = execution.capabilities()
         self.run.manifest["capabilities"] = self.capabilities
         self.run.manifest["data"] = {"train": len(self.train_problems), "eval": len(self.eval_problems),
                                      "held_out": len(self.held_out_problems)}
@@ -72,25 +74,6 @@ class Loop:
         self.model, self.tok, self._policy_round = None, None, None
         self.device = device_for(cfg.trainer)
 
-    def close(self) -> None:
-        self.logger.finish()
-        self.run.close()
-
-    # -- policy -------------------------------------------------------------------------------------------------
-    def policy(self, k: int):
-        """The policy at the end of round k (k = 0: base + a fresh LoRA adapter, seeded)."""
-        if self._policy_round == k:
-            return self.model, self.tok
-        self.model, self.tok = None, None  # drop the old policy before loading the next one
-        adapters = [str(self.run.round_dir(j) / "adapter") for j in range(1, k + 1)]
-        self.model, self.tok = policy_at(self.cfg, adapters, device=self.device)
-        self._policy_round = k
-        return self.model, self.tok
-
-    def prompt(self, p) -> str:
-        return format_prompt(self.tok, benchmarks.user_message(self.cfg.benchmark, p), self.cfg.model)
-
-    # -- one round ----------------------------------------------------------------------------------------------
     def run_round(self, k: int) -> float:
         t0 = time.time()
         samples = self.sample(k)
@@ -102,77 +85,124 @@ class Loop:
         return acc
 
     def sample(self, k: int) -> list[dict]:
-        path = self.run.round_dir(k) / "samples.jsonl"
-        if self.run.done(k, "sample"):
-            return read_jsonl(path)
-        t0 = time.time()
-        m = self.cfg.method
-        model, tok = self.policy(k - 1)
-        prompts = [self.prompt(p) for p in self.train_problems]
-        params = dict(n=m.samples_per_problem, temperature=m.temperature, top_p=m.top_p,
-                      max_new_tokens=self.cfg.model.max_completion_len, seed=self.cfg.seed * 1000 + k)
-        backend, why = vllm_backend.resolve(self.cfg.sampler)
-        self.run.manifest.setdefault("sampler", {})[str(k)] = {"backend": backend, "reason": why, **params}
-        if backend == "vllm":
-            from lutra.models import resolve_path
-
-            adapter = str(self.run.round_dir(k - 1) / "adapter") if k > 1 else None
-            texts, finished = vllm_backend.generate(
-                resolve_path(self.cfg.model, self.cfg.benchmark), adapter, tok, prompts, dtype=self.cfg.model.dtype,
-                lora_r=self.cfg.model.lora_r, gpu_memory_utilization=self.cfg.vllm_gpu_memory_utilization, **params)
-        else:
-            texts, finished = generate(model, tok, prompts, batch_size=m.sample_batch_size,
-                                       desc=f"round {k}: sample", return_finished=True, **params)
-        records = [{"problem_id": p.id, "idx": j, "text": t, "finished": f}
-                   for p, ts, fs in zip(self.train_problems, texts, finished) for j, (t, f) in enumerate(zip(ts, fs))]
-        write_jsonl(path, records)
-        self.run.mark(k, "sample", path, time.time() - t0, samples=len(records))
-        return records
+        """samples.jsonl: `samples_per_problem` programs per train problem from the round's starting policy."""
+        def compute():
+            m = self.cfg.method
+            model, tok = self.policy(k - 1)
+            prompts = [self.prompt(p) for p in self.train_problems]
+            params = dict(n=m.samples_per_problem, temperature=m.temperature, top_p=m.top_p,
+                          max_new_tokens=self.cfg.model.max_completion_len, seed=self.cfg.seed * 1000 + k)
+            backend, why = vllm_backend.resolve(self.cfg.sampler)
+            self.run.manifest.setdefault("sampler", {})[str(k)] = {"backend": backend, "reason": why, **params}
+            if backend == "vllm":
+                adapter = str(self.run.round_dir(k - 1) / "adapter") if k > 1 else None
+                texts, finished = vllm_backend.generate(
+                    resolve_path(self.cfg.model, self.cfg.benchmark), adapter, tok, prompts,
+                    dtype=self.cfg.model.dtype, lora_r=self.cfg.model.lora_r,
+                    gpu_memory_utilization=self.cfg.vllm_gpu_memory_utilization, **params)
+            else:
+                texts, finished = generate(model, tok, prompts, batch_size=m.sample_batch_size,
+                                           desc=f"round {k}: sample", return_finished=True, **params)
+            records = [{"problem_id": p.id, "idx": j, "text": t, "finished": f} for p, ts, fs in
+                       zip(self.train_problems, texts, finished) for j, (t, f) in enumerate(zip(ts, fs))]
+            return records, {"samples": len(records)}
+        return self.run.cached_jsonl(k, "sample", "samples.jsonl", compute)
 
     def execute(self, k: int, samples: list[dict]) -> list[dict]:
-        path = self.run.round_dir(k) / "verdicts.jsonl"
-        if self.run.done(k, "execute"):
-            return read_jsonl(path)
-        t0 = time.time()
-        runnable = [s for s in samples if s["finished"]]
-        verdicts = execution.judge([(self.by_id[s["problem_id"]], s["text"]) for s in runnable], self.cfg.benchmark,
-                                   desc=f"round {k}: execute", for_training=True)
-        by_key = {(s["problem_id"], s["idx"]): v for s, v in zip(runnable, verdicts)}
-        records = []
-        for s in samples:
-            v = by_key.get((s["problem_id"], s["idx"]))
-            rec = v.to_dict() if v else {"status": "truncated", "correct": False, "seconds": 0.0,
-                                          "error": "no EOS within max_completion_len"}
-            records.append({"problem_id": s["problem_id"], "idx": s["idx"], **rec})
-        write_jsonl(path, records)
-        acc = sum(bool(r["correct"]) for r in records) / max(1, len(records))
-        self.run.mark(k, "execute", path, time.time() - t0, sample_accuracy=round(100 * acc, 2))
-        return records
+        """verdicts.jsonl: each finished sample run in the sandbox against its gold; truncated ones are wrong."""
+        def compute():
+            runnable = [s for s in samples if s["finished"]]
+            verdicts = execution.judge([(self.by_id[s["problem_id"]], s["text"]) for s in runnable],
+                                       self.cfg.benchmark, desc=f"round {k}: execute", for_training=True)
+            by_key = {(s["problem_id"], s["idx"]): v for s, v in zip(runnable, verdicts)}
+            records = []
+            for s in samples:
+                v = by_key.get((s["problem_id"], s["idx"]))
+                rec = v.to_dict() if v else {"status": "truncated", "correct": False, "seconds": 0.0,
+                                              "error": "no EOS within max_completion_len"}
+                records.append({"problem_id": s["problem_id"], "idx": s["idx"], **rec})
+            acc = sum(bool(r["correct"]) for r in records) / max(1, len(records))
+            return records, {"sample_accuracy": round(100 * acc, 2)}
+        return self.run.cached_jsonl(k, "execute", "verdicts.jsonl", compute)
 
     def pair(self, k: int, samples: list[dict], verdicts: list[dict]) -> list[dict]:
-        path = self.run.round_dir(k) / "pairs.jsonl"
-        if self.run.done(k, "pair"):
-            return read_jsonl(path)
-        t0 = time.time()
-        m = self.cfg.method
-        labelled = [{**s, "correct": v["correct"]} for s, v in zip(samples, verdicts)]
-        if m.loss == "sft":
-            pairs, stats = sft_targets(labelled, self.by_id, per_problem=m.pairs_per_problem,
-                                       use_gold=m.sft_data == "gold", seed=self.cfg.seed, round_idx=k)
-        else:
-            pairs, stats = build_pairs(labelled, self.by_id, pairs_per_problem=m.pairs_per_problem,
-                                       gold_as_chosen=m.gold_as_chosen, seed=self.cfg.seed, round_idx=k)
-        self.policy(k - 1)  # the tokenizer renders the prompts
-        for pr in pairs:
-            pr["prompt"] = self.prompt(self.by_id[pr["problem_id"]])
-        new = pairs
-        if m.replay_rounds:
-            pairs = [{**pr, "round": k} for pr in pairs] + self._replayed(k, pairs)
-            stats["replayed"] = len(pairs) - len(new)
-        write_jsonl(path, pairs)
-        self.run.mark(k, "pair", path, time.time() - t0, **stats)
-        self.logger.log_pairs(k, new, stats, samples, verdicts)
-        return pairs
+        """pairs.jsonl: (correct, wrong) pairs per problem (or SFT targets), plus replayed earlier rounds' pairs."""
+        def compute():
+            m = self.cfg.method
+            labelled = [{**s, "correct": v["correct"]} for s, v in zip(samples, verdicts)]
+            if m.loss == "sft":
+                pairs, stats = sft_targets(labelled, self.by_id, per_problem=m.pairs_per_problem,
+                                           use_gold=m.sft_data == "gold", seed=self.cfg.seed, round_idx=k)
+            else:
+                pairs, stats = build_pairs(labelled, self.by_id, pairs_per_problem=m.pairs_per_problem,
+                                           gold_as_chosen=m.gold_as_chosen, seed=self.cfg.seed, round_idx=k)
+            self.policy(k - 1)  # the tokenizer renders the prompts
+            for pr in pairs:
+                pr["prompt"] = self.prompt(self.by_id[pr["problem_id"]])
+            new = pairs
+            if m.replay_rounds:
+                pairs = [{**pr, "round": k} for pr in pairs] + self._replayed(k, pairs)
+                stats["replayed"] = len(pairs) - len(new)
+            return pairs, stats, lambda: self.logger.log_pairs(k, new, stats, samples, verdicts)
+        return self.run.cached_jsonl(k, "pair", "pairs.jsonl", compute)
+
+    def train(self, k: int, pairs: list[dict]) -> None:
+        """adapter/: the LoRA adapter after round k's DPO + lambda*NLL (or SFT) fit on the round's pairs."""
+        if self.run.done(k, "train"):
+            return
+        m, t0 = self.cfg.method, time.time()
+        _, tok = self.policy(k - 1)
+        enc = encode_pairs(tok, pairs, self.cfg.model, with_rejected=m.loss != "sft")
+        ref = None if m.loss == "sft" or not enc.prompts else self.reference(k, enc)
+        steps = self.run.manifest.setdefault("train_steps", {})
+        offset = sum(v for kk, v in steps.items() if int(kk) < k)  # the logger's step axis continues
+        stats = train_round(self.cfg, self.run.round_dir(k), k, offset, self.logger.lightning(), enc, ref,
+                            policy=lambda: self.policy(k - 1), release=self._release_policy)
+        if self.model is not None:  # trained in this process: the policy in memory is round k's
+            self._policy_round = k
+        steps[str(k)] = stats["steps"]
+        adapter_dir = self.run.round_dir(k) / "adapter"
+        replace_dir(self.run.round_dir(k) / ADAPTER_TMP, adapter_dir)
+        self.run.mark(k, "train", adapter_dir, time.time() - t0, **stats)
+
+    def evaluate(self, k: int) -> float:
+        """metrics.json: greedy EX of the round-k policy on the eval split (and the held-out split on its own)."""
+        def compute():
+            summary = self._score(k, self.eval_problems, "eval", f"round {k}: evaluate")
+            metrics = {"round": k, **summary}
+            if self.held_out_problems:  # reported on its own: never part of eval's EX
+                held = self._score(k, self.held_out_problems, "held_out", f"round {k}: evaluate held-out")
+                metrics["held_out"] = {key: held[key] for key in ("exec_acc", "correct", "n", "groups")}
+            extra = {"held_out_acc": metrics["held_out"]["exec_acc"]} if "held_out" in metrics else {}
+            if k == 0:
+                log.info("round 0 (base model): eval EX %.1f%%%s", summary["exec_acc"], _held_text(extra))
+            return metrics, {"exec_acc": summary["exec_acc"], **extra}, lambda: self.logger.log_eval(k, metrics)
+        return self.run.cached_json(k, "evaluate", "metrics.json", compute)["exec_acc"]
+
+    # -- the policy in memory, prompts, scoring ------------------------------------------------------------------
+    def policy(self, k: int):
+        """The policy at the end of round k (k = 0: base + a fresh LoRA adapter, seeded), loaded once per round."""
+        if self._policy_round == k:
+            return self.model, self.tok
+        self.model, self.tok = None, None  # drop the old policy before loading the next one
+        adapters = [str(self.run.round_dir(j) / "adapter") for j in range(1, k + 1)]
+        self.model, self.tok = policy_at(self.cfg, adapters, device=self.device)
+        self._policy_round = k
+        return self.model, self.tok
+
+    def _release_policy(self) -> None:
+        self.model, self.tok, self._policy_round = None, None, None
+
+    def prompt(self, p) -> str:
+        return format_prompt(self.tok, benchmarks.user_message(self.cfg.benchmark, p), self.cfg.model)
+
+    def _score(self, k: int, problems: list, name: str, desc: str) -> dict:
+        model, tok = self.policy(k)
+        preds = generate(model, tok, [self.prompt(p) for p in problems], n=1, temperature=0.0,
+                         max_new_tokens=self.cfg.model.max_completion_len, batch_size=self.cfg.method.eval_batch_size,
+                         desc=desc)
+        predictions = {p.id: t[0] for p, t in zip(problems, preds)}
+        return score_predictions(problems, predictions, self.cfg.benchmark, self.run.round_dir(k) / name)
 
     def _replayed(self, k: int, current: list[dict]) -> list[dict]:
         """The pairs rounds k-R .. k-1 built themselves (not those they replayed), minus repeats of `current`."""
@@ -186,38 +216,12 @@ class Loop:
                     out.append({**p, "round": j})
         return out
 
-    def train(self, k: int, pairs: list[dict]) -> None:
-        adapter_dir = self.run.round_dir(k) / "adapter"
-        if self.run.done(k, "train"):
-            return
-        m, t0 = self.cfg.method, time.time()
-        model, tok = self.policy(k - 1)
-        enc = encode_pairs(tok, pairs, self.cfg.model, with_rejected=m.loss != "sft")
-        ref = None if m.loss == "sft" or not enc.prompts else self.reference(k, model, tok, enc)
-        step_offset = self.run.manifest.setdefault("train_steps", {})
-        offset = sum(v for kk, v in step_offset.items() if int(kk) < k)
-        tmp = self.run.round_dir(k) / fit_worker.ADAPTER_TMP
-        lg = self.logger.lightning()
-        if launcher(self.cfg.trainer) == "relaunch":  # FSDP, DeepSpeed, popen DDP: torchrun workers (fit_worker)
-            self.model, self.tok, self._policy_round = None, None, None
-            del model
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            stats = fit_worker.launch(self.cfg, self.run.round_dir(k), k, offset, lg)
-        else:
-            trainer, module, dm, stats = fit_policy(self.cfg, model, tok, enc, ref, k, offset, lg)
-            if trainer is not None:
-                stats["steps"] = fit(trainer, module, dm)
-            model.save_pretrained(str(tmp))
-            self._policy_round = k
-        step_offset[str(k)] = stats["steps"]
-        _replace_dir(tmp, adapter_dir)
-        self.run.mark(k, "train", adapter_dir, time.time() - t0, **stats)
-
-    def reference(self, k: int, model, tok, enc) -> torch.Tensor:
+    # -- the reference log-prob cache -----------------------------------------------------------------------------
+    def reference(self, k: int, enc) -> torch.Tensor:
         """Reference log-probs of the round's pairs under the starting policy, computed once and cached."""
         path = self.run.round_dir(k) / "ref_logps.pt"
         prev = self.run.round_dir(k - 1) / "adapter"
+        model, tok = self.policy(k - 1)
         fp = fingerprint({
             "pairs": self.run.stage_info(k, "pair").get("sha256"),
             "adapter": sha256_dir(prev) if prev.exists() else f"init-seed-{self.cfg.seed}",
@@ -232,46 +236,15 @@ class Loop:
         with autocast(self.cfg.trainer, self.device):  # the arithmetic `fit` will run the policy in
             logps = reference_logps(model, ordered_batches(enc, self.cfg.method.batch_size, tok.pad_token_id),
                                     use_base=self.cfg.method.reference == "base")
-        import io
-
-        from lutra.artifacts import atomic_write_bytes
-
         buf = io.BytesIO()
         torch.save({"fingerprint": fp, "logps": logps}, buf)
         atomic_write_bytes(path, buf.getvalue())
         self.run.mark(k, "ref_logps", path, time.time() - t0, pairs=int(logps.shape[0]))
         return logps
 
-    def evaluate(self, k: int) -> float:
-        mpath = self.run.round_dir(k) / "metrics.json"
-        if self.run.done(k, "evaluate"):
-            return read_json(mpath)["exec_acc"]
-        t0 = time.time()
-        summary = self._score(k, self.eval_problems, "eval", f"round {k}: evaluate")
-        metrics = {"round": k, **summary}
-        if self.held_out_problems:  # reported on its own: never part of eval's EX
-            held = self._score(k, self.held_out_problems, "held_out", f"round {k}: evaluate held-out")
-            metrics["held_out"] = {key: held[key] for key in ("exec_acc", "correct", "n", "groups")}
-        write_json(mpath, metrics)
-        extra = {"held_out_acc": metrics["held_out"]["exec_acc"]} if "held_out" in metrics else {}
-        self.run.mark(k, "evaluate", mpath, time.time() - t0, exec_acc=summary["exec_acc"], **extra)
-        self.logger.log_eval(k, metrics)
-        if k == 0:
-            log.info("round 0 (base model): eval EX %.1f%%%s", summary["exec_acc"], _held_text(extra))
-        return summary["exec_acc"]
-
-    def _score(self, k: int, problems: list, name: str, desc: str) -> dict:
-        from lutra.evaluate import score_predictions
-
-        model, tok = self.policy(k)
-        preds = generate(model, tok, [self.prompt(p) for p in problems], n=1, temperature=0.0,
-                         max_new_tokens=self.cfg.model.max_completion_len, batch_size=self.cfg.method.eval_batch_size,
-                         desc=desc)
-        predictions = {p.id: t[0] for p, t in zip(problems, preds)}
-        return score_predictions(problems, predictions, self.cfg.benchmark, self.run.round_dir(k) / name)
-
+    # -- bookkeeping ----------------------------------------------------------------------------------------------
     def summary_line(self, k: int, seconds: float) -> None:
-        st = {s: self.run.stage_info(k, s) for s in ("sample", "execute", "pair", "ref_logps", "train", "evaluate")}
+        st = {s: self.run.stage_info(k, s) for s in STAGES}
         pair = st["pair"]
         secs = " ".join(f"{s}={st[s].get('seconds', 0):.0f}s" for s in st)
         log.info("round %d: eval EX %.1f%%%s | sample acc %.1f%% | pairs %d from %d/%d problems "
@@ -281,15 +254,20 @@ class Loop:
                  pair.get("with_pairs", 0), pair.get("problems", 0), pair.get("all_correct", 0),
                  pair.get("all_wrong", 0), secs)
 
+    def close(self) -> None:
+        self.logger.finish()
+        self.run.close()
+
+
+def check_run_config(cfg) -> None:
+    """Cross-group checks of a train config, before anything loads."""
+    if cfg.method.reference == "base" and cfg.method.adapter == "fresh":
+        raise ConfigError("method.reference: `base` needs method.adapter=continue (a fresh adapter on merged "
+                          "weights has no adapter-free base to fall back to)")
+    if cfg.trainer.num_nodes > 1:  # every strategy on several nodes needs the relaunch path (training.strategies)
+        raise ConfigError(f"trainer.num_nodes: {cfg.trainer.num_nodes} needs ranks started on every node, and lutra "
+                          "starts its training workers on this node only (torchrun --standalone); see docs/gpu.md")
+
 
 def _held_text(info: dict) -> str:
     return f" (held-out split {info['held_out_acc']:.1f}%)" if "held_out_acc" in info else ""
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    import os
-    import shutil
-
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(src, dst)

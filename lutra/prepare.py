@@ -249,8 +249,7 @@ def register() -> None:
 def main() -> None:
     import hydra
 
-    from lutra.config import to_object
-    from lutra.evaluate import CONF_DIR
+    from lutra.config import CONF_DIR, to_object
 
     register()
 

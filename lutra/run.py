@@ -20,7 +20,17 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from lutra.artifacts import RunLock, clean_temp, fingerprint, read_json, sha256_dir, sha256_file, write_json
+from lutra.artifacts import (
+    RunLock,
+    clean_temp,
+    fingerprint,
+    read_json,
+    read_jsonl,
+    sha256_dir,
+    sha256_file,
+    write_json,
+    write_jsonl,
+)
 from lutra.config import ConfigError, to_dict
 
 log = logging.getLogger(__name__)
@@ -126,3 +136,26 @@ class Run:
 
     def stage_info(self, k: int, stage: str) -> dict:
         return self.manifest["stages"].get(f"round_{k}/{stage}", {})
+
+    def cached_jsonl(self, k: int, stage: str, name: str, compute) -> list[dict]:
+        """round_k/`name` (JSON lines) of `stage`: read back when the stage is done, else made by `compute`."""
+        return self._cached(k, stage, name, compute, read_jsonl, write_jsonl)
+
+    def cached_json(self, k: int, stage: str, name: str, compute) -> dict:
+        return self._cached(k, stage, name, compute, read_json, write_json)
+
+    def _cached(self, k: int, stage: str, name: str, compute, read, write):
+        """`compute()` returns (artifact, manifest info) or (artifact, info, after): the artifact is written
+        atomically, the stage marked done with its time and info, then `after()` runs (a logger call, so it runs
+        once per finished stage, never for a stage read back on resume)."""
+        path = self.round_dir(k) / name
+        if self.done(k, stage):
+            return read(path)
+        t0 = time.time()
+        out, info, *after = compute()
+        write(path, out)
+        self.mark(k, stage, path, time.time() - t0, **info)
+        for fn in after:
+            fn()
+        return out
+

@@ -46,6 +46,7 @@ def main(cfg: DictConfig) -> float:
     _route_lightning_logs()
     log.info("run directory: %s", typed.run_dir)
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+    # start-up: the loop imports torch, transformers and Lightning (~10 s); a config error is reported before that
     from lutra.artifacts import RunLockedError
     from lutra.benchmarks import BenchmarkError
     from lutra.loop import run

@@ -22,7 +22,7 @@ TEXTS = [
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from lutra.tiny import train_tokenizer
+    from lutra.policy.tiny import train_tokenizer
 
     return train_tokenizer(TEXTS, 400)
 

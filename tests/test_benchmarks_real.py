@@ -14,7 +14,7 @@ from lutra import benchmarks
 from lutra.benchmarks import BenchmarkError
 from lutra.benchmarks.sql_schema import check_databases
 from lutra.config import BenchmarkConfig
-from lutra.evaluate import score_predictions
+from lutra.scoring import score_predictions
 
 
 def cfg(name, root, **kw):

@@ -1,8 +1,8 @@
-"""Token boundaries through lutra.data for each chat-template family, on tokenizers built here (no hub).
+"""Token boundaries through lutra.policy.prompts for each chat-template family, on tokenizers built here (no hub).
 
 Each family is a byte-level or SentencePiece-style BPE trained on a few lines, given its hub checkpoint's
 special tokens, BOS/EOS settings and real chat template (transcribed from the tokenizer_config.json files
-on the hub), saved with save_pretrained, and loaded back through lutra.models.load_tokenizer as a hub
+on the hub), saved with save_pretrained, and loaded back through lutra.policy.models.load_tokenizer as a hub
 tokenizer is. The checks follow the anchors' checklist (research/anchors.md, B.5): the prompt is an exact prefix
 of every training sequence, exactly one BOS, the completion is the template's own assistant turn and ends with
 the token that closes it (EOS without a template), which is also where the sampler stops, the system prompt
@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from lutra.config import ModelConfig
-from lutra.data import collate, encode_pairs, encode_prompt, format_prompt
-from lutra.models import load_tokenizer
+from lutra.policy.models import load_tokenizer
+from lutra.policy.prompts import encode_prompt, format_prompt
+from lutra.training.data import collate, encode_pairs
 
 QUESTION = "CREATE TABLE singer (singer_id INTEGER, name TEXT, country TEXT, age INTEGER);\nWhich singers are from France?"
 CHOSEN = "SELECT name FROM singer WHERE country = 'France'"
@@ -310,8 +311,8 @@ def test_sampler_stops_where_the_trained_completion_stops(tokenizers, name):
     """A model that emits exactly the training completion, then more text, is decoded back to the answer: the
     sampler stops at the template's turn end (Gemma's <end_of_turn>, not only <eos>) and drops the layout's
     whitespace (DeepSeek's newlines). vLLM's stop list holds the same token."""
-    from lutra import vllm_backend
-    from lutra.sampling import generate
+    from lutra.policy import vllm as vllm_backend
+    from lutra.policy.sampling import generate
 
     tok, fam = tokenizers[name], FAMILIES[name]
     prompt, enc = _pairs(tok, _model_cfg())

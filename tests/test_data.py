@@ -2,15 +2,14 @@
 
 import torch
 
-from lutra.data import (
+from lutra.policy.prompts import (
     CompletionLayout,
-    collate,
     completion_layout,
     encode_completion,
-    encode_pairs,
     encode_prompt,
     format_prompt,
 )
+from lutra.training.data import collate, encode_pairs
 
 Q = "CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT);\nWhich singers are from France?"
 
@@ -92,7 +91,7 @@ def _keys(n=37):
 
 
 def test_bucket_sampler_epoch_covers_every_item_once_and_epochs_differ():
-    from lutra.data import BucketSampler
+    from lutra.training.data import BucketSampler
 
     s = BucketSampler(_keys(), batch_size=4, seed=0)
     e1, e2 = list(s), list(s)
@@ -106,7 +105,7 @@ def test_bucket_sampler_next_epoch_when_the_iterator_is_dropped_after_its_last_b
     iter() must still be a whole new epoch (it was empty, so epochs_per_round > 1 trained one epoch)."""
     import itertools
 
-    from lutra.data import BucketSampler
+    from lutra.training.data import BucketSampler
 
     s = BucketSampler(_keys(32), batch_size=4, seed=0)  # 32 items in one chunk: exactly len(s) batches
     first = list(itertools.islice(iter(s), len(s)))
@@ -116,7 +115,7 @@ def test_bucket_sampler_next_epoch_when_the_iterator_is_dropped_after_its_last_b
 
 
 def test_bucket_sampler_resume_mid_epoch_neither_repeats_nor_skips():
-    from lutra.data import BucketSampler
+    from lutra.training.data import BucketSampler
 
     s = BucketSampler(_keys(), batch_size=4, seed=1)
     it = iter(s)
@@ -131,7 +130,7 @@ def test_lightning_runs_every_epoch_of_the_bucket_sampler(tmp_path):
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from lutra.data import BucketSampler
+    from lutra.training.data import BucketSampler
 
     class Count(L.LightningModule):
         def __init__(self):

@@ -15,11 +15,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from peft import get_peft_model
 
-from lutra import strategies
 from lutra.config import MethodConfig, TrainerConfig, register_configs
-from lutra.data import PreferenceDataModule, collate, encode_pairs, format_prompt, ordered_batches
-from lutra.models import lora_config
-from lutra.module import PolicyModule, reference_logps
+from lutra.policy.logprobs import reference_logps
+from lutra.policy.models import lora_config
+from lutra.policy.prompts import format_prompt
+from lutra.training import strategies
+from lutra.training.data import PreferenceDataModule, collate, encode_pairs, ordered_batches
+from lutra.training.module import PolicyModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ACCUMULATE = 2
@@ -177,7 +179,7 @@ def test_full_round_through_the_entry_point_with_ddp_cpu(tmp_path):
     lora_b = {k: v for k, v in load_file(run / "round_1" / "adapter" / "adapter_model.safetensors").items()
               if "lora_B" in k}
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b.values()), "saved adapter is still peft's zero-B init"
-    assert m["stages"]["round_1/train"]["steps"] > 0  # lutra.strategies.fit: rank 0's count, sent back
+    assert m["stages"]["round_1/train"]["steps"] > 0  # lutra.training.strategies.fit: rank 0's count, sent back
 
 
 @pytest.mark.slow
@@ -198,7 +200,7 @@ def test_ddp_inside_a_submitit_job(tmp_path):
 @pytest.mark.slow
 def test_worker_mode_trains_the_same_adapter_as_spawn(tmp_path):
     """trainer.strategy=ddp (popen DDP: Lightning would re-run the command on every rank) trains in torchrun
-    workers (lutra.fit_worker), the path FSDP and DeepSpeed take on GPUs. Same seed, same 2 ranks, same batches:
+    workers (lutra.training.worker), the path FSDP and DeepSpeed take on GPUs. Same seed, same 2 ranks, same batches:
     the adapter it saves equals the one ddp_spawn trains in memory, the loop evaluates with it, and the workers'
     logged losses reach the run's one CSV (about 2 min on 2 cores)."""
     import csv

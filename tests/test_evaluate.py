@@ -15,16 +15,9 @@ from fixtures_official import write_spider
 from lutra import benchmarks
 from lutra.benchmarks import Problem
 from lutra.config import BenchmarkConfig, ModelConfig, TinyModelConfig
-from lutra.evaluate import (
-    EvaluateConfig,
-    PredictionsError,
-    evaluate,
-    flat_metrics,
-    read_predictions,
-    score_predictions,
-    summarize,
-)
+from lutra.evaluate import EvaluateConfig, evaluate
 from lutra.execution import Verdict
+from lutra.scoring import PredictionsError, flat_metrics, read_predictions, score_predictions, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = {"dev/0", "dev/1", "dev/2", "dev/10"}
@@ -155,10 +148,10 @@ def test_cli_scores_a_predictions_file_and_fails_cleanly_on_bad_input(spider, tm
 
 
 def test_model_path_decodes_greedily_after_the_checks(spider, tmp_path, monkeypatch):
-    """The wiring to models.load / data.format_prompt / sampling.generate, with the model replaced by a fake."""
-    import lutra.data
-    import lutra.models
-    import lutra.sampling
+    """The wiring to models.load / prompts.format_prompt / sampling.generate, with the model replaced by a fake."""
+    import lutra.policy.models
+    import lutra.policy.prompts
+    import lutra.policy.sampling
 
     calls = {}
 
@@ -173,9 +166,9 @@ def test_model_path_decodes_greedily_after_the_checks(spider, tmp_path, monkeypa
         calls["generate"] = kw
         return [["SELECT name FROM student"] for _ in prompts]
 
-    monkeypatch.setattr(lutra.models, "load", fake_load)
-    monkeypatch.setattr(lutra.sampling, "generate", fake_generate)
-    monkeypatch.setattr(lutra.data, "encode_prompt", lambda tok, text: text.split())
+    monkeypatch.setattr(lutra.policy.models, "load", fake_load)
+    monkeypatch.setattr(lutra.policy.sampling, "generate", fake_generate)
+    monkeypatch.setattr(lutra.policy.prompts, "encode_prompt", lambda tok, text: text.split())
     model = ModelConfig(name="fake", path="nowhere", max_prompt_len=45, max_completion_len=17)
     cfg = EvaluateConfig(benchmark=_bench(spider), model=model, adapter="some/adapter", run_dir=str(tmp_path),
                          progress=False)
@@ -189,10 +182,10 @@ def test_model_path_decodes_greedily_after_the_checks(spider, tmp_path, monkeypa
 
 
 def test_model_path_stops_before_loading_when_a_database_is_unusable(spider, tmp_path, monkeypatch):
-    import lutra.models
+    import lutra.policy.models
 
     (spider / "database" / "shop" / "shop.sqlite").write_bytes(b"")
-    monkeypatch.setattr(lutra.models, "load", lambda *a, **k: pytest.fail("model loaded before the checks"))
+    monkeypatch.setattr(lutra.policy.models, "load", lambda *a, **k: pytest.fail("model loaded before the checks"))
     cfg = EvaluateConfig(benchmark=_bench(spider), model=ModelConfig(name="m", path="x"), run_dir=str(tmp_path),
                          progress=False)
     with pytest.raises(benchmarks.BenchmarkError, match=r"empty \(0 bytes\).*needed by dev/3, dev/4"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lutra.loss import dpo_nll_loss, nll, sequence_logps, sft_loss
+from lutra.training.loss import dpo_nll_loss, nll, sequence_logps, sft_loss
 
 
 def test_dpo_term_is_log2_when_policy_equals_reference():

@@ -14,7 +14,7 @@ from omegaconf import open_dict
 from transformers import AutoModelForCausalLM, GemmaConfig, LlamaConfig, Qwen2Config, Starcoder2Config
 
 from lutra.config import register_configs, to_object
-from lutra.models import lora_config
+from lutra.policy.models import lora_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_configs()

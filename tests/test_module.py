@@ -9,9 +9,11 @@ import torch
 from peft import get_peft_model
 
 from lutra.config import MethodConfig
-from lutra.data import PreferenceDataModule, encode_pairs, format_prompt, ordered_batches
-from lutra.models import lora_config
-from lutra.module import PolicyModule, reference_logps
+from lutra.policy.logprobs import reference_logps
+from lutra.policy.models import lora_config
+from lutra.policy.prompts import format_prompt
+from lutra.training.data import PreferenceDataModule, encode_pairs, ordered_batches
+from lutra.training.module import PolicyModule
 
 
 class Capture(L.Callback):
@@ -78,9 +80,9 @@ def test_first_step_dpo_is_log2_and_only_lora_moves(tokenizer, small_model, mode
 
 
 def test_shared_prefix_logps_equal_plain_forward(tokenizer, small_model, model_cfg):
-    from lutra.data import collate
-    from lutra.loss import sequence_logps
-    from lutra.module import completion_logps, shared_prefix_len
+    from lutra.policy.logprobs import completion_logps, shared_prefix_len
+    from lutra.training.data import collate
+    from lutra.training.loss import sequence_logps
 
     enc = encode_pairs(tokenizer, _pairs(tokenizer, model_cfg), model_cfg)
     items = [{"i": i, "prompt": enc.prompts[i], "chosen": enc.chosen[i], "rejected": enc.rejected[i]} for i in range(2)]
@@ -98,8 +100,8 @@ def test_shared_prefix_logps_equal_plain_forward(tokenizer, small_model, model_c
 def _first_dpo_under(precision: str, accelerator: str, tokenizer, small_model, model_cfg, matched: bool) -> float:
     """First step's DPO term when fit runs in `precision` and the reference was computed under the loop's autocast
     for that precision (matched) or in plain fp32 (not matched)."""
-    from lutra import strategies
     from lutra.config import TrainerConfig
+    from lutra.training import strategies
 
     device = "cuda" if accelerator == "gpu" else "cpu"
     torch.manual_seed(0)

@@ -2,8 +2,8 @@
 
 import torch
 
-from lutra.data import encode_prompt, format_prompt
-from lutra.sampling import generate
+from lutra.policy.prompts import encode_prompt, format_prompt
+from lutra.policy.sampling import generate
 
 PROMPTS = ["Which singers are from France?", "How many singers are older than 30?",
            "CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT);\nList all names."]

@@ -9,8 +9,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lutra import strategies
 from lutra.config import ConfigError, TrainerConfig, register_configs
+from lutra.training import strategies
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_configs()
@@ -120,9 +120,11 @@ def test_gpu_bf16_fit_moves_fp32_lora_weights(tokenizer, small_model, model_cfg)
     from peft import get_peft_model
 
     from lutra.config import MethodConfig
-    from lutra.data import PreferenceDataModule, encode_pairs, format_prompt, ordered_batches
-    from lutra.models import lora_config
-    from lutra.module import PolicyModule, reference_logps
+    from lutra.policy.logprobs import reference_logps
+    from lutra.policy.models import lora_config
+    from lutra.policy.prompts import format_prompt
+    from lutra.training.data import PreferenceDataModule, encode_pairs, ordered_batches
+    from lutra.training.module import PolicyModule
 
     policy = get_peft_model(copy.deepcopy(small_model).to(torch.bfloat16), lora_config(model_cfg)).cuda()
     recs = [{"prompt": format_prompt(tokenizer, f"How many singers are older than {i}?", model_cfg),
@@ -158,7 +160,8 @@ def test_submitit_launchers_compose_with_trainer_ddp(launcher, target):
 @pytest.mark.parametrize("option", ["fsdp", "deepspeed_zero3", "ddp_cpu"])
 def test_worker_mode_on_several_nodes_refused_before_any_model_loads(option, monkeypatch):
     """The loop's torchrun workers are single-node; several nodes would need srun to start them."""
-    from lutra import loop, models
+    from lutra import loop
+    from lutra.policy import models
 
     monkeypatch.setattr(models, "load_base", lambda *a, **k: pytest.fail("a model was loaded"))
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -171,9 +174,9 @@ def test_lora_state_keys_are_the_peft_models_own(small_model, model_cfg):
     """What rank 0 saves after a worker fit: only LoRA weights, keyed as peft's state dict keys them (so
     `save_pretrained(state_dict=...)` writes the same file as saving the model itself)."""
     from lutra.config import MethodConfig
-    from lutra.fit_worker import lora_state
-    from lutra.models import new_adapter
-    from lutra.module import PolicyModule
+    from lutra.policy.models import new_adapter
+    from lutra.training.module import PolicyModule
+    from lutra.training.worker import lora_state
 
     model = new_adapter(copy.deepcopy(small_model), model_cfg, seed=0)
     module = PolicyModule(model, MethodConfig(), lr=1e-3, total_steps=1)

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from lutra.data import collate, encode_completion, encode_prompt, format_prompt
-from lutra.tiny import lm_loss
+from lutra.policy.prompts import encode_completion, encode_prompt, format_prompt
+from lutra.policy.tiny import lm_loss
+from lutra.training.data import collate
 
 SCHEMA = "CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT, age INTEGER);\n"
 ROWS = [('Which singers are from "France"?', "SELECT name FROM singer WHERE country = 'France'"),
@@ -57,7 +58,7 @@ def test_rare_templates_get_their_share_of_the_warm_start(tmp_path):
 
     from lutra.benchmarks import mini_sql
     from lutra.config import BenchmarkConfig
-    from lutra.tiny import _warmup_problems
+    from lutra.policy.tiny import _warmup_problems
 
     cfg = BenchmarkConfig(name="mini_sql", executor="sql", data_dir=str(tmp_path), n_warmup=3000)
     every = mini_sql.load(cfg, "warmup")
@@ -78,7 +79,7 @@ def test_rare_templates_get_their_share_of_the_warm_start(tmp_path):
 def test_a_qualified_column_is_the_same_token_as_in_the_question_and_still_runs():
     import sqlite3
 
-    from lutra.tiny import train_tokenizer
+    from lutra.policy.tiny import train_tokenizer
 
     texts = ["Show the names of singers whose country is France.",
              "CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT, gpa REAL);",
@@ -104,7 +105,7 @@ def test_a_qualified_column_is_the_same_token_as_in_the_question_and_still_runs(
 def test_the_cached_base_is_keyed_by_the_default_rare_set(model_cfg, monkeypatch):
     from lutra.benchmarks import mini_sql
     from lutra.config import BenchmarkConfig
-    from lutra.models import tiny_dir
+    from lutra.policy.tiny_cache import tiny_dir
 
     bench = BenchmarkConfig(name="mini_sql")
     before = tiny_dir(model_cfg, bench)

@@ -1,4 +1,4 @@
-"""lutra.vllm_backend without vLLM: import-safe, the hf fallback decision, and the record conversion.
+"""lutra.policy.vllm without vLLM: import-safe, the hf fallback decision, and the record conversion.
 
 The vLLM path itself needs a CUDA GPU and the extra; its test is marked gpu and skips elsewhere.
 """
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lutra import vllm_backend as vb
+from lutra.policy import vllm as vb
 
 
 def test_importing_the_backend_does_not_import_vllm():
@@ -95,8 +95,8 @@ def test_manifest_description_says_not_bit_reproducible():
 def test_vllm_generates_records_with_a_lora_adapter(tokenizer, small_model, model_cfg, tmp_path):
     from peft import get_peft_model
 
-    from lutra.data import format_prompt
-    from lutra.models import lora_config
+    from lutra.policy.models import lora_config
+    from lutra.policy.prompts import format_prompt
 
     small_model.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")

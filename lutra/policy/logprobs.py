@@ -1,19 +1,16 @@
-"""The LightningModule: policy log-probs of a batch of pairs, the CodeLutra loss, TRL-style metric names.
+"""Log-prob primitives shared by sampling, the tiny warm start, the reference pass and training.
 
-The reference log-probs come precomputed with the batch (`ref_logps`, computed once per round before the first
-update), so no second model is held in memory. Dropout stays off during preference training (the policy is kept
-in eval mode; gradients still flow), which makes the first step's DPO term exactly log 2.
+A prompt prefix that every row shares (a pair's chosen and rejected; problems on one database) runs once and its KV
+cache is repeated; the LM head runs on completion positions only.
 """
 
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 
-import lightning as L
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
-
-from lutra.loss import dpo_nll_loss, sft_loss
+from tqdm.auto import tqdm
 
 
 def shared_prefix_len(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> int:
@@ -24,7 +21,8 @@ def shared_prefix_len(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> int:
     return int(min(same, first_loss))
 
 
-def _body_and_head(model):
+def body_and_head(model):
+    """(decoder, LM head, config) of a causal LM, peft-wrapped or not."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings(), base.config
 
@@ -37,7 +35,7 @@ def cache_kwarg(module) -> str:
 def prefix_forward(body, ids: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoder hidden states of `ids` (rows, T) whose first `p` tokens are the same in every row: the prefix runs
     once (row 0) and its KV cache is repeated for the rest. Returns (prefix states (p, H), rest (rows, T - p, H))."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # start-up: transformers' cache classes cost ~1.5 s to import
 
     cache, kw = DynamicCache(), cache_kwarg(body)
     h_prefix = body(input_ids=ids[:1, :p], use_cache=True, **{kw: cache}).last_hidden_state[0]
@@ -57,7 +55,7 @@ def completion_logps(model, batch: dict, *, share_prefix: bool = True) -> tuple[
     - The LM head runs only on completion positions: prompt logits are never needed.
     """
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["loss_mask"]
-    body, head, config = _body_and_head(model)
+    body, head, config = body_and_head(model)
     p = shared_prefix_len(ids, mask) if share_prefix and ids.shape[0] > 1 else 0
     if p >= 8 and not getattr(body, "gradient_checkpointing", False):
         _, hidden = prefix_forward(body, ids, p)
@@ -79,10 +77,6 @@ def completion_logps(model, batch: dict, *, share_prefix: bool = True) -> tuple[
 @torch.inference_mode()
 def reference_logps(model, batches, *, use_base: bool, progress: bool = True) -> torch.Tensor:
     """(N, 2) chosen/rejected log-probs of the starting policy (eval mode), or of the base with adapters off."""
-    from contextlib import nullcontext
-
-    from tqdm.auto import tqdm
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -96,51 +90,3 @@ def reference_logps(model, batches, *, use_base: bool, progress: bool = True) ->
             out.append(torch.stack([logps[:b], logps[b:]], dim=-1).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 2)
-
-
-class PolicyModule(L.LightningModule):
-    def __init__(self, model, method_cfg, lr: float, total_steps: int):
-        super().__init__()
-        self.model = model
-        self.method = method_cfg
-        self.lr = lr
-        self.total_steps = max(1, total_steps)
-
-    def on_train_epoch_start(self) -> None:
-        self.model.eval()  # dropout off; Lightning switched the module to train mode
-        # transformers checkpoints a layer only while that layer is in train mode: put back those modules alone (not
-        # their children, so every dropout stays off), or gradient checkpointing would silently be off in training
-        for mod in self.model.modules():
-            if getattr(mod, "gradient_checkpointing", False) is True:
-                mod.training = True
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
-            # Lightning's FSDP precision plugin refuses norm clipping (Lightning-AI/pytorch-lightning#19235); the
-            # FSDP root module's clip_grad_norm_ takes the norm over every rank's shard
-            self.trainer.model.clip_grad_norm_(gradient_clip_val)
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        m = self.method
-        logps, lengths = completion_logps(self.model, batch)
-        b = batch["index"].numel()
-        if m.loss == "sft":
-            loss, metrics = sft_loss(logps, lengths, nll_reduction=m.nll_reduction)
-        else:
-            ref = batch["ref"]
-            loss, metrics = dpo_nll_loss(
-                logps[:b], logps[b:], ref[:, 0], ref[:, 1], lengths[:b], beta=m.beta, dpo_weight=m.dpo_weight,
-                nll_weight=m.nll_weight, nll_reduction=m.nll_reduction,
-            )
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b, sync_dist=True)
-        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=b, sync_dist=True)
-        return loss
-
-    def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.method.weight_decay)
-        warm = self.method.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

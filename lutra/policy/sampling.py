@@ -16,7 +16,8 @@ import functools
 import torch
 from tqdm.auto import tqdm
 
-from lutra.data import completion_layout, encode_prompt
+from lutra.policy.logprobs import cache_kwarg
+from lutra.policy.prompts import completion_layout, encode_prompt
 
 
 def _sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
@@ -36,7 +37,7 @@ def _growing_cache_class():
     """A transformers DynamicCache whose layers append into buffers grown 128 positions at a time: O(T) copying
     per sequence instead of one torch.cat of the whole cache per decoding step. Attention reads views of the
     filled part, so the arithmetic is unchanged. Falls back to DynamicCache where the layer API differs."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # start-up: transformers' cache classes cost ~1.5 s to import
 
     try:
         from transformers.cache_utils import Cache, DynamicLayer
@@ -87,8 +88,6 @@ def _growing_cache_class():
 
 
 def _cache_kw(model) -> str:
-    from lutra.module import cache_kwarg
-
     return cache_kwarg(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
 

@@ -1,7 +1,7 @@
 """Sampling with vLLM (the optional `vllm` extra): the round's LoRA adapter per request, a seed per prompt.
 
-Same contract as `lutra.sampling.generate`, so the loop writes the same records with either backend:
-- prompts go in as the token ids `lutra.data.encode_prompt` makes (one BOS, the template already rendered), so
+Same contract as `lutra.policy.sampling.generate`, so the loop writes the same records with either backend:
+- prompts go in as the token ids `lutra.policy.prompts.encode_prompt` makes (one BOS, the template already rendered), so
   vLLM neither re-tokenizes nor adds a second BOS, and training sees exactly the prompt that was sampled from;
 - completions are decoded with the same tokenizer (stop token dropped, special tokens skipped, stripped);
 - `finished` is False exactly where a sample hit max_new_tokens without a stop token (vLLM's
@@ -11,7 +11,7 @@ Seeds: prompt i gets its own seed `seed * 1_000_003 + i`, whatever batch it land
 draws, not the arithmetic: vLLM batches requests dynamically (continuous batching, prefix caching, chunked
 prefill), and a different batch composition or GPU changes the kernels' reduction order and so the logits in
 their last bits. Batched vLLM sampling is therefore not bit-reproducible (vllm-project/vllm#17524, #1595); a
-resumed run re-reads its samples.jsonl rather than regenerating it. HF sampling (lutra.sampling) is.
+resumed run re-reads its samples.jsonl rather than regenerating it. HF sampling (lutra.policy.sampling) is.
 
 Engine: one `vllm.LLM` per (model, dtype, lengths, LoRA rank) lives in the process across rounds; each round's
 adapter is a `LoRARequest` with a stable integer id per directory. Between calls the engine sleeps (vLLM >= 0.7:
@@ -26,6 +26,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 from importlib import metadata
+
+from lutra.policy.prompts import completion_layout, encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ def lora_rank(r: int) -> int:
 
 def sampling_kwargs(*, n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int,
                     stop_token_ids: list[int]) -> dict:
-    """Keyword arguments of one prompt's `vllm.SamplingParams` (temperature <= 0: greedy, as lutra.sampling)."""
+    """Keyword arguments of one prompt's `vllm.SamplingParams` (temperature <= 0: greedy, as lutra.policy.sampling)."""
     greedy = temperature <= 0
     return {"n": n, "temperature": 0.0 if greedy else temperature, "top_p": 1.0 if greedy else top_p,
             "max_tokens": max_new_tokens, "seed": seed, "stop_token_ids": sorted(stop_token_ids),
@@ -91,14 +93,12 @@ def sampling_kwargs(*, n: int, temperature: float, top_p: float, max_new_tokens:
 
 
 def stop_token_ids(tokenizer, model_path: str | None = None) -> set[int]:
-    """EOS of the tokenizer, the chat template's turn end (lutra.data.completion_layout, e.g. Gemma's
+    """EOS of the tokenizer, the chat template's turn end (lutra.policy.prompts.completion_layout, e.g. Gemma's
     <end_of_turn>) and the checkpoint's generation_config eos ids (e.g. Llama-3's <|eot_id|>)."""
-    from lutra.data import completion_layout
-
     ids = {tokenizer.eos_token_id, completion_layout(tokenizer).stop_id}
     if model_path is not None:
         try:
-            from transformers import GenerationConfig
+            from transformers import GenerationConfig  # start-up: not needed unless vLLM samples
 
             eos = GenerationConfig.from_pretrained(model_path).eos_token_id
             ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -108,7 +108,7 @@ def stop_token_ids(tokenizer, model_path: str | None = None) -> set[int]:
 
 
 def to_records(outputs, tokenizer, stop_ids: set[int]) -> tuple[list[list[str]], list[list[bool]]]:
-    """(texts, finished) per prompt from vLLM RequestOutputs, decoded as lutra.sampling decodes."""
+    """(texts, finished) per prompt from vLLM RequestOutputs, decoded as lutra.policy.sampling decodes."""
     texts, finished = [], []
     for out in outputs:
         ts, fs = [], []
@@ -160,15 +160,13 @@ def _lora_request(adapter_dir: str | None):
 def generate(model_path: str, adapter_dir: str | None, tokenizer, prompts: list[str], *, n: int, temperature: float,
              top_p: float, max_new_tokens: int, seed: int, dtype: str = "bfloat16", max_model_len: int | None = None,
              lora_r: int = 16, gpu_memory_utilization: float = 0.5, progress: bool = True):
-    """n completions per prompt string with vLLM: (texts, finished), as lutra.sampling.generate returns them.
+    """n completions per prompt string with vLLM: (texts, finished), as lutra.policy.sampling.generate returns them.
 
     adapter_dir: a peft adapter saved with save_pretrained (None: the base alone).
     Raises ImportError with the install command when vLLM is absent.
     """
     _import_vllm()
-    from vllm import SamplingParams
-
-    from lutra.data import encode_prompt
+    from vllm import SamplingParams  # optional dependency (the vllm extra)
 
     engine = _engine(model_path, dtype=dtype, max_model_len=max_model_len, max_lora_rank=lora_rank(lora_r),
                      seed=seed, gpu_memory_utilization=gpu_memory_utilization)

@@ -1,4 +1,5 @@
-"""Building `model=tiny`: a small Llama trained here, then saved and loaded like any hub model.
+"""Building `model=tiny`: a small Llama trained here (`ensure_tiny`, called by the loop and evaluate before anything
+loads it), then saved and loaded like any hub model (`lutra.policy.models`).
 
 1. Tokenizer: byte-level BPE (the `tokenizers` library) trained on the benchmark's own text. Pre-tokens are
    words, whole numbers and single punctuation marks, each carrying the space before it (`PRE_TOKENS`), so a
@@ -29,8 +30,11 @@ from tqdm.auto import tqdm
 
 from lutra import benchmarks
 from lutra.artifacts import atomic_dir, write_json
-from lutra.data import BucketSampler, bucket_key, collate, encode_completion, encode_prompt, format_prompt
-from lutra.models import fast_bf16
+from lutra.policy.device import fast_bf16
+from lutra.policy.logprobs import body_and_head, prefix_forward
+from lutra.policy.prompts import encode_completion, encode_prompt, format_prompt
+from lutra.policy.tiny_cache import tiny_dir
+from lutra.training.data import BucketSampler, bucket_key, collate
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ CHAT_TEMPLATE = (
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
-    from tokenizers import (
+    from tokenizers import (  # start-up: only a tiny build trains a tokenizer
         Regex,
         Tokenizer,
         decoders,
@@ -68,7 +72,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
         processors,
         trainers,
     )
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # start-up: only a tiny build needs it
 
     tk = Tokenizer(models.BPE())
     tk.normalizer = normalizers.Replace(Regex(QUALIFIER_DOT), ". ")
@@ -119,10 +123,8 @@ def lm_loss(model, batch: dict, pad_id: int, program_weight: float = 1.0) -> tor
     the programs need, but the prompt outnumbers the program ~6:1 in tokens; weighting program tokens 16x
     (conf/model/tiny.yaml) took a 600-step base from 6.8% to 28.4%+ EX (measured, mini_sql seed 0).
     """
-    from lutra.module import _body_and_head, prefix_forward
-
     ids, labels = batch["input_ids"], batch["labels"]
-    body, head, _ = _body_and_head(model)
+    body, head, _ = body_and_head(model)
     rows = ids.shape[0]
     valid = labels != pad_id
     weight = (1.0 + (program_weight - 1.0) * batch["loss_mask"].float()) * valid
@@ -182,6 +184,7 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
 
 
 def build_tiny(model_cfg, bench_cfg, out_dir: Path) -> None:
+    # start-up: only a build needs the model classes
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     t, t0 = model_cfg.tiny, time.time()
@@ -215,3 +218,14 @@ def build_tiny(model_cfg, bench_cfg, out_dir: Path) -> None:
             **stats,
         })
     log.info("tiny model built in %.0f s (%s)", time.time() - t0, stats)
+
+
+def ensure_tiny(cfg) -> Path | None:
+    """Build `model=tiny` for `cfg.benchmark` unless its cache directory holds it already; returns that directory
+    (None for any other model). The one place a base model is trained: loading (`lutra.policy.models`) only reads."""
+    if cfg.model.build != "tiny" or cfg.model.path is not None:
+        return None
+    path = tiny_dir(cfg.model, cfg.benchmark)
+    if not (path / "config.json").exists():
+        build_tiny(cfg.model, cfg.benchmark, path)
+    return path

@@ -18,12 +18,12 @@ that Hydra started. How a strategy creates its processes therefore decides wheth
 - `relaunch` (fsdp, deepspeed ZeRO-2/3, popen `ddp`, `strategy: auto` on several devices, num_nodes > 1).
   Lightning would start the other ranks by re-running the command line (`_SubprocessScriptLauncher`), so every rank
   would run `python -m lutra.train` from the top. The loop does not let it: it trains these in **worker mode**
-  (`lutra.fit_worker`), starting `torchrun --standalone` workers for `fit` alone, which read the round's resolved
-  config from the run directory; Lightning sees torchrun's environment and launches nothing itself. Rank 0 of the
-  workers writes the adapter, the step count and the logged metrics; the loop moves the adapter into place and
-  replays the metrics into its loggers. Single node (torchrun --standalone): num_nodes > 1 is refused by the loop.
-  `trainer_kwargs` refuses these strategies unless its caller passes `relaunch_ok=True` (only the worker does), so
-  no other code path can build a Trainer that would re-run the command.
+  (`lutra.training.fit.train_round` starts `torchrun --standalone` workers, `lutra.training.worker`, for `fit`
+  alone), which read the round's resolved config from the run directory; Lightning sees torchrun's environment and
+  launches nothing itself. Rank 0 of the workers writes the adapter, the step count and the logged metrics; the
+  loop moves the adapter into place and replays the metrics into its loggers. Single node (torchrun --standalone):
+  num_nodes > 1 is refused by the loop. `trainer_kwargs` refuses these strategies unless its caller passes
+  `relaunch_ok=True` (only the worker does), so no other code path can build a Trainer that would re-run the command.
 - `none` (auto, cpu, gpu: one device): `fit` runs in the main process.
 
 Rank-0-only writes: in `spawn` mode only the main process writes run artifacts; in worker mode only the loop and
@@ -37,6 +37,7 @@ import os
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
 
 from lutra.config import ConfigError
 
@@ -135,7 +136,7 @@ def trainer_kwargs(tcfg, *, relaunch_ok: bool = False) -> dict:
     if mode == "relaunch" and not relaunch_ok:
         raise ConfigError(
             f"trainer.strategy: {tcfg.strategy!r} on {world_size(tcfg)} device(s) x {tcfg.num_nodes} node(s) makes "
-            "Lightning re-run the whole command on every rank; build its Trainer in lutra.fit_worker (torchrun "
+            "Lightning re-run the whole command on every rank; build its Trainer in lutra.training.worker (torchrun "
             "workers for fit alone, as the loop does), not in a process that runs the loop. See docs/gpu.md.")
     return {"accelerator": tcfg.accelerator, "devices": tcfg.devices, "strategy": strategy(tcfg),
             "precision": precision(tcfg), "num_nodes": tcfg.num_nodes,
@@ -194,8 +195,6 @@ def fit(trainer, module, datamodule=None) -> int:
 
 def launcher_of(trainer) -> str:
     """`launcher` for a constructed Trainer (from its strategy's launcher object)."""
-    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
-
     la = getattr(trainer.strategy, "launcher", None)
     if isinstance(la, _MultiProcessingLauncher):
         return "spawn"

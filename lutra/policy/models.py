@@ -1,79 +1,40 @@
 """Loading the policy: tokenizer + base model through `from_pretrained`, LoRA through peft.
 
-`model=tiny` is a small Llama built here once (tokenizer trained on the benchmark's text, random init, short
-supervised warm start on generated gold pairs disjoint from train and eval), saved with `save_pretrained` under
-outputs/models/, and from then on loaded exactly as a hub model is: `AutoTokenizer.from_pretrained` and
-`AutoModelForCausalLM.from_pretrained` on that directory.
+A loader only: `model=tiny` (a small Llama built once by `lutra.policy.tiny.ensure_tiny`: tokenizer trained on the
+benchmark's text, random init, short supervised warm start on generated gold pairs disjoint from train and eval)
+is saved with `save_pretrained` under outputs/models/ and from then on loaded exactly as a hub model is:
+`AutoTokenizer.from_pretrained` and `AutoModelForCausalLM.from_pretrained` on that directory.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import torch
 
-from lutra.artifacts import fingerprint
+from lutra.policy.tiny_cache import tiny_dir
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TINY_VERSION = 6  # bump when the tiny build recipe changes: the cache key changes with it
-
-
-def setup_torch(threads: int | None = None) -> None:
-    # Denormals made the tiny model's CPU training and decoding ~4x slower in the prototype.
-    torch.set_flush_denormal(True)
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def fast_bf16(device: str | torch.device = "cpu") -> bool:
-    """Whether bf16 autocast speeds this device up: a bf16-capable GPU, or a CPU with AVX512-BF16 / AMX."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def tiny_dir(model_cfg, bench_cfg) -> Path:
-    import importlib
-
-    bench_module = importlib.import_module(f"lutra.benchmarks.{bench_cfg.name}")
-    key = {
-        "v": TINY_VERSION,
-        "bench_version": getattr(bench_module, "GENERATOR_VERSION", None),
-        "tiny": {k: getattr(model_cfg.tiny, k) for k in vars(model_cfg.tiny)},
-        "bench": bench_cfg.name,
-        "seed": bench_cfg.subsample_seed,
-        "n_warmup": bench_cfg.n_warmup,
-        "options": dict(bench_cfg.options),
-        "rare": sorted(getattr(bench_module, "RARE_TEMPLATES", ())),  # the default set lives in code, not config
-        "max_completion_len": model_cfg.max_completion_len,
-    }
-    root = Path(os.environ.get("LUTRA_MODELS", "outputs/models"))
-    return root / f"tiny-{bench_cfg.name}-{fingerprint(key, 12)}"
 
 
 def resolve_path(model_cfg, bench_cfg) -> str:
-    """The directory or hub id to load; builds the tiny model first when it is not cached yet."""
+    """The directory or hub id to load. `model=tiny` resolves to its cache directory, which
+    `lutra.policy.tiny.ensure_tiny` builds (the loop, prepare and evaluate call it first): loading never trains."""
     if model_cfg.build == "tiny" and model_cfg.path is None:
         path = tiny_dir(model_cfg, bench_cfg)
         if not (path / "config.json").exists():
-            from lutra.tiny import build_tiny
-
-            build_tiny(model_cfg, bench_cfg, path)
+            raise FileNotFoundError(f"model=tiny: no built model at {path} (model.tiny and benchmark "
+                                    f"{bench_cfg.name!r} select it); build it first with "
+                                    "lutra.policy.tiny.ensure_tiny(cfg), which `python -m lutra.train` and "
+                                    "`python -m lutra.prepare` call")
         return str(path)
     return model_cfg.path
 
 
 def load_tokenizer(path: str, model_cfg):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # start-up: heavy imports only when a model loads
 
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
     if tok.pad_token_id is None:
@@ -82,11 +43,11 @@ def load_tokenizer(path: str, model_cfg):
 
 
 def load_base(path: str, model_cfg, device: str | torch.device = "cpu"):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # start-up: heavy imports only when a model loads
 
     kwargs = {"dtype": DTYPES[model_cfg.dtype], "trust_remote_code": model_cfg.trust_remote_code}
     if model_cfg.load_in_4bit:
-        from transformers import BitsAndBytesConfig
+        from transformers import BitsAndBytesConfig  # optional dependency (bitsandbytes, the qlora extra)
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
@@ -101,6 +62,7 @@ def load_base(path: str, model_cfg, device: str | torch.device = "cpu"):
 
 
 def lora_config(model_cfg):
+    # start-up: peft takes ~10 s to import (measured on this machine under load); a config error comes first
     from peft import LoraConfig
 
     return LoraConfig(
@@ -115,7 +77,7 @@ def lora_config(model_cfg):
 def new_adapter(base, model_cfg, seed: int):
     """`base` with a new LoRA adapter, initialised right after seeding with `seed`: its weights do not depend on
     what ran before in the process (building the tiny model, for one), so a resumed run gets the same adapter."""
-    from peft import get_peft_model
+    from peft import get_peft_model  # start-up: see lora_config
 
     torch.manual_seed(seed)
     return get_peft_model(base, lora_config(model_cfg))
@@ -125,7 +87,7 @@ def load_policy(model_cfg, bench_cfg, adapter: str | None = None, *, trainable: 
                 seed: int = 0):
     """(peft model, tokenizer): the base with `adapter` loaded, or with a new adapter (`new_adapter`, seeded
     with `seed`) when adapter is None."""
-    from peft import PeftModel
+    from peft import PeftModel  # start-up: see lora_config
 
     path = resolve_path(model_cfg, bench_cfg)
     tok = load_tokenizer(path, model_cfg)
@@ -158,7 +120,7 @@ def policy_at(cfg, adapters: list[str], device="cpu"):
     if cfg.method.adapter != "fresh" or not adapters:
         return load_policy(cfg.model, cfg.benchmark, adapters[-1] if adapters else None, trainable=True,
                            device=device, seed=cfg.seed)
-    from peft import PeftModel
+    from peft import PeftModel  # start-up: see lora_config
 
     path = resolve_path(cfg.model, cfg.benchmark)
     base = load_base(path, cfg.model, device)

@@ -1,0 +1,29 @@
+"""Where a `model=tiny` build is cached: a directory keyed by everything that changes what the build produces."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from lutra.artifacts import fingerprint
+
+TINY_VERSION = 6  # bump when the tiny build recipe changes: the cache key changes with it
+
+
+def tiny_dir(model_cfg, bench_cfg) -> Path:
+    bench_module = importlib.import_module(f"lutra.benchmarks.{bench_cfg.name}")
+    key = {
+        "v": TINY_VERSION,
+        "bench_version": getattr(bench_module, "GENERATOR_VERSION", None),
+        "tiny": {k: getattr(model_cfg.tiny, k) for k in vars(model_cfg.tiny)},
+        "bench": bench_cfg.name,
+        "seed": bench_cfg.subsample_seed,
+        "n_warmup": bench_cfg.n_warmup,
+        "options": dict(bench_cfg.options),
+        "rare": sorted(getattr(bench_module, "RARE_TEMPLATES", ())),  # the default set lives in code, not config
+        "max_completion_len": model_cfg.max_completion_len,
+    }
+    root = Path(os.environ.get("LUTRA_MODELS", "outputs/models"))
+    return root / f"tiny-{bench_cfg.name}-{fingerprint(key, 12)}"
+
