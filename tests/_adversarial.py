@@ -145,7 +145,10 @@ if len([1]) != 1: bad.append('builtins')
 if sys.modules.get('json', 1) is None: bad.append('modules')
 if 'LUTRA_POISON' in os.environ: bad.append('environ')
 for d in ('/tmp', '/dev/shm', '.'):
-    if os.listdir(d): bad.append(d)
+    try:
+        if os.listdir(d): bad.append(d)
+    except PermissionError:  # Landlock alone: the host's /tmp is not ours to read
+        pass
 if os.getcwd() != '/tmp' and not os.getcwd().endswith('/work'): bad.append('cwd')
 print('POISONED', bad) if bad else print('CLEAN')
 """

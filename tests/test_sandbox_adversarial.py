@@ -121,7 +121,8 @@ def world():
     ctx["victim"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", TOKEN],
                                      env={"LUTRA_SECRET": TOKEN})
     before = {"passwd": _sha(Path("/etc/passwd")), "numpy": _sha(NUMPY_INIT)}
-    pool = P.pool(WORKERS)
+    forced = os.environ.get("LUTRA_ADV_ISOLATION", "")  # e.g. landlock: the fallback, on a machine that has more
+    pool = P.pool(WORKERS, setup=P.Setup(isolation=forced)) if forced else P.pool(WORKERS)
     list(pool.map([({"op": "program", "code": "pass", "timeout_s": T, "memory_mb": 1024}, T + 5)] * WORKERS))
     zygotes, spawned = sorted(pool.pids()), pool.spawned
     tasks = [({"op": "program", "code": _subst(src, i, ctx), "timeout_s": T, "memory_mb": 1024}, T + 5)

@@ -27,8 +27,11 @@ ptracing anything outside, reaching the host's loopback or abstract sockets, lea
 the host's /tmp or /dev/shm, remounting or unsharing its way out, and poisoning the zygote for later programs.
 Does not protect against: kernel exploits (no seccomp filter; the kernel's whole syscall surface is reachable);
 reading world-readable system files (/etc, /usr: they are in the root, read-only); CPU and memory contention
-with other programs (rlimits per program, no cgroup); and, with Landlock only, abstract sockets and signals on
-kernels before ABI 6 and UDP (Landlock has no UDP rule).
+with other programs (rlimits per program, no cgroup). With Landlock only (measured by forcing it on this
+machine: LUTRA_ADV_ISOLATION=landlock pytest tests/test_sandbox_adversarial.py): mode and owner changes
+(chmod, chown, utime are outside Landlock: as root without the uid drop a program can chmod a host file), the
+host's /proc (other processes' command lines are readable; environ is not), connecting to a pathname unix
+socket, UDP, and abstract sockets and signals on kernels before ABI 6.
 """
 
 from __future__ import annotations
@@ -213,7 +216,7 @@ def confine(task_dir: str, uid: int | None, cpu_s: float, memory_mb: int, isolat
         if abi:
             _isolate.landlock(["/"], ["/tmp", "/dev/shm"], abi)
     else:
-        if uid is not None:
+        if uid is not None or isolation == "landlock":  # Landlock alone: root keeps no capability either
             _isolate.drop_privileges(uid)
         if isolation == "landlock":
             _isolate.landlock(_isolate.keep_paths() + EXTRA_READ + ["/proc", "/sys", "/dev"], [work], abi)
