@@ -64,6 +64,11 @@ class Loop:
         self.by_id = {p.id: p for p in self.train_problems}
         if cfg.benchmark.executor == "sql":  # a missing or corrupt database fails here, before any model loads
             check_databases(self.train_problems + self.eval_problems + self.held_out_problems)
+        if cfg.benchmark.name == "ds1000":  # its libraries too: a missing one names the extra to install
+            from lutra.benchmarks.ds1000 import check_environment
+
+            for warning in check_environment(cfg.benchmark, self.train_problems + self.eval_problems):
+                log.warning("%s", warning)
         self.capabilities = execution.capabilities()
         self.run.manifest["capabilities"] = self.capabilities
         self.run.manifest["data"] = {"train": len(self.train_problems), "eval": len(self.eval_problems),

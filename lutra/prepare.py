@@ -234,6 +234,10 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     found = report(bench)
     for split, entry in found.items():
         log.info("  %s/%s: %s", bench.name, split, entry)
+    if bench.name == "ds1000":  # every reference once, cached, pass counts per library (benchmarks.ds1000)
+        from lutra.benchmarks.ds1000 import prepare_environment
+
+        found["references"] = prepare_environment(bench)
     return {"root": str(root), "archives": marker["archives"], "splits": found}
 
 
