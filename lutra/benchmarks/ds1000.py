@@ -171,11 +171,14 @@ def interpreter(cfg) -> str:
     return str(cfg.options.get("python") or sys.executable)
 
 
-def environment(cfg) -> dict[str, str | None]:
-    """{module: version or None} in the interpreter the executor runs (benchmark.options.python)."""
+def environment(cfg, libraries=None) -> dict[str, str | None]:
+    """{module: version or None} in the interpreter the executor runs (benchmark.options.python), for the modules
+    of `libraries` (default: all seven, plus statsmodels, gensim and xgboost)."""
     import subprocess
 
-    mods = sorted({m for ms in LIBRARIES.values() for m in ms} | {"statsmodels", "gensim", "xgboost"})
+    libs = set(libraries) if libraries else set(LIBRARIES)
+    extra = {"statsmodels", "gensim", "xgboost"} if libs >= {"Sklearn", "Pytorch"} else set()
+    mods = sorted({m for lib in libs for m in LIBRARIES.get(lib, ())} | extra)
     try:
         r = subprocess.run([interpreter(cfg), "-I", "-c", _PROBE, *mods], capture_output=True, text=True,
                            timeout=300, env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -187,8 +190,8 @@ def environment(cfg) -> dict[str, str | None]:
 def check_environment(cfg, problems: list[Problem] | None = None) -> list[str]:
     """Before any model loads: the libraries the chosen problems need. Raises BenchmarkError when a core one is
     missing; returns warnings (optional libraries missing, versions that differ from the documented pins)."""
-    found = environment(cfg)
     libs = {p.meta["library"] for p in problems} if problems else set(LIBRARIES)
+    found = environment(cfg, libs)
     need = {m for lib in libs for m in LIBRARIES.get(lib, ())}
     core = sorted(m for m in need - {"tensorflow", "torch"} if found.get(m) is None)
     if core:
@@ -217,7 +220,7 @@ def check_references(cfg, problems: list[Problem], *, progress: bool = True, ref
     from lutra.execution import judge
     from lutra.execution.python import DATASETS_DIR
 
-    env = environment(cfg)
+    env = environment(cfg, {p.meta["library"] for p in problems})
     key = hashlib.sha256(json.dumps([sorted((p.id, p.gold, p.test_context) for p in problems), env,
                                      interpreter(cfg)]).encode()).hexdigest()[:16]
     cache = Path(str(cfg.options.get("datasets_dir") or DATASETS_DIR)).expanduser() / f"references-{key}.json"
