@@ -221,8 +221,10 @@ def check_references(cfg, problems: list[Problem], *, progress: bool = True, ref
     from lutra.execution.python import DATASETS_DIR
 
     env = environment(cfg, {p.meta["library"] for p in problems})
+    harness = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(
+        (Path(__file__).parents[1] / "execution").glob("*.py")))).hexdigest()  # a changed sandbox re-checks
     key = hashlib.sha256(json.dumps([sorted((p.id, p.gold, p.test_context) for p in problems), env,
-                                     interpreter(cfg)]).encode()).hexdigest()[:16]
+                                     interpreter(cfg), harness]).encode()).hexdigest()[:16]
     cache = Path(str(cfg.options.get("datasets_dir") or DATASETS_DIR)).expanduser() / f"references-{key}.json"
     if cache.is_file() and not refresh:
         return json.loads(cache.read_text())

@@ -71,6 +71,21 @@ def _same(a, b) -> bool:
         return False
 
 
+def _made_files(d: str, cap: int = 64 * 2**20) -> dict[str, bytes]:
+    """Files the record's own generate_test_case wrote into the checker's dir, for the solution's cwd (the
+    official harness runs both in one dir). Trusted -> solution only: the checker never reads the solution's."""
+    out, total = {}, 0
+    for name in sorted(os.listdir(d)):
+        path = os.path.join(d, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            total += os.path.getsize(path)
+            if total > cap:
+                break
+            with open(path, "rb") as f:
+                out[name] = f.read()
+    return out
+
+
 def _as_built(x) -> bytes | None:
     """A test input as codec bytes when they rebuild it faithfully, else None (it goes as pickle). Rebuilt
     frames are fresh constructions, as in the official harness: pandas 1.5 mutates an unpickled object block in
@@ -253,9 +268,12 @@ def trusted(conn: Connection, task: dict, wfd: int) -> None:
                 out["status"], out["error"] = "tamper", f"changed: {rep['tamper']}"
         else:
             code = ns["exec_context"].replace("[insert]", solution)
+            files = _made_files(here)  # e.g. record 993: generate_test_case saves the model the context loads
             for test_input, expected in cases:
                 blob = _as_built(test_input)
-                ship(conn, {"kind": "case", "code": code, "input": None if blob else test_input, "input_codec": blob})
+                ship(conn, {"kind": "case", "code": code, "input": None if blob else test_input, "input_codec": blob,
+                            "files": files})
+                files = {}
                 result = _codec.decode(_answer(conn, deadline))
                 if not ns["exec_test"](result, expected):
                     raise AssertionError("exec_test returned a false value")

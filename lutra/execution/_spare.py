@@ -91,6 +91,10 @@ def _spare_main(fd: int, task_dir: str, uid, isolation: str) -> None:
                 send(b'{"done": true}')
                 os._exit(0)
             elif kind == "case":
+                for name, data in (msg.get("files") or {}).items():
+                    if "/" not in name and name not in (".", ".."):
+                        with open(name, "wb") as f:
+                            f.write(data)
                 blob = msg.get("input_codec")
                 env = {"test_input": _codec.decode(blob) if blob is not None else msg["input"]}
                 exec(msg["code"], env)
