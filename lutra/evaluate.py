@@ -131,21 +131,48 @@ def _register() -> None:
     ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 
 
+def _help():
+    from lutra import cli_help
+
+    return cli_help.Command(
+        name="lutra.evaluate", config_name="evaluate", schema=EvaluateConfig, register=_register,
+        summary="execution accuracy on one benchmark split, of a predictions file or of a model decoding greedily "
+                "(optionally with a run's LoRA adapter). Writes verdicts.jsonl (one line per problem) and "
+                "summary.json (overall and per difficulty / library EX) into its run dir.",
+        groups={"benchmark": "the task: data, splits, executor, comparison rule",
+                "model": "the model that decodes when predictions=null (hub id or local dir)"},
+        notes='A predictions file has one JSON object per line, {"id": <problem id>, "prediction": <program>}, '
+              "joined with the split by id. The file, the databases and (with check_gold) every gold program are "
+              "checked before a model loads.")
+
+
 def main() -> None:
     import hydra
 
+    from lutra import cli_help, preflight
     from lutra.config import to_object
 
+    if cli_help.requested(sys.argv[1:]):
+        sys.exit(cli_help.main(_help(), sys.argv[1:]))
     _register()
 
     @hydra.main(version_base=None, config_path=CONF_DIR, config_name="evaluate")
     def _main(dcfg) -> float:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+        cfg = None
         try:
             cfg = to_object(dcfg, EvaluateConfig)
             logging.getLogger("lutra").setLevel(cfg.log_level)
+            if not cfg.predictions:
+                preflight.check_model_path(cfg.model)  # seconds, not a minute of hub retries
+            preflight.check_data(cfg.benchmark)
             return evaluate(cfg)["exec_acc"]
         except (BenchmarkError, PredictionsError, ConfigError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            message = preflight.with_data_hint(e, cfg.benchmark) if cfg is not None else str(e)
+            print(f"error: {message}", file=sys.stderr)
+            preflight.discard_fresh_run_dir(run_dir)  # nothing was scored: no empty dated folder left behind
             sys.exit(2)
 
     _main()

@@ -147,7 +147,23 @@ class RunLogger:
             self._experiment().log({"round": k, **metrics})
 
     def finish(self) -> None:
-        if self._wb is not None:
-            import wandb
+        """Close wandb. When the run is stopping on Ctrl-C (or an error), its run summary (~40 lines) is not
+        printed: it goes to <run_dir>/wandb_finish.log, and the run is marked failed (exit code 1)."""
+        if self._wb is None:
+            return
+        import contextlib
+        import io
+        import sys
 
+        import wandb
+
+        if sys.exc_info()[0] is None:
             wandb.finish()
+            return
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            try:
+                wandb.finish(exit_code=1)
+            except Exception as e:  # noqa: BLE001 - closing a logger must not hide why the run is stopping
+                print(f"wandb.finish failed: {e!r}")
+        (Path(self.run.dir) / "wandb_finish.log").write_text(buf.getvalue())

@@ -15,9 +15,10 @@ def lutra_train(*args):
 def test_help_lists_groups_and_examples():
     p = lutra_train("--help")
     assert p.returncode == 0
-    for text in ("Configuration groups", "method: codelutra", "model:", "llama3_8b", "trainer: auto",
-                 "python -m lutra.train benchmark=bird model=llama3_8b"):
+    for text in ("Config groups", "method:", "*codelutra", "model:", "llama3_8b", "trainer:", "*auto",
+                 "python -m lutra.train benchmark=bird model=llama3_8b", "+preset:", "smoke"):
         assert text in p.stdout, text
+    assert "_schema" not in p.stdout  # the ConfigStore entries that type-check the YAML are no options
 
 
 def test_cfg_job_prints_composed_config_without_running(tmp_path):
