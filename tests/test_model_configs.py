@@ -40,8 +40,14 @@ ARCH = {
     "qwen25_coder_0_5b": (Qwen2Config, dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
                                             num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                                             max_position_embeddings=32768, tie_word_embeddings=True), 0.494e9),
+    # the CPU-sized real model (prepared from a GGUF, lutra.policy.gguf)
+    "smollm2_135m": (LlamaConfig, dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                                       tie_word_embeddings=True), 0.1345e9),
 }
 ARCH["llama3_8b_qlora"] = ARCH["llama3_8b"]
+ARCH["smollm2_135m_fewshot"] = ARCH["smollm2_135m"]
+CPU = {"smollm2_135m", "smollm2_135m_fewshot"}  # run the loop on CPU: float32 (bf16 is slow there), short answers
 HUB = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem != "tiny")
 
 
@@ -73,8 +79,8 @@ def test_values_are_sane(option):
     _, real, _ = ARCH[option]
     assert m.name == option and m.build is None and m.tiny is None
     assert m.path and m.path.count("/") == 1, "a hub id owner/name"
-    assert m.dtype == "bfloat16"
-    assert 1024 <= m.max_prompt_len and 256 <= m.max_completion_len
+    assert m.dtype == ("float32" if option in CPU else "bfloat16")
+    assert 1024 <= m.max_prompt_len and (128 if option in CPU else 256) <= m.max_completion_len
     assert m.max_prompt_len + m.max_completion_len <= real["max_position_embeddings"]
     assert m.lora_alpha == 2 * m.lora_r and 8 <= m.lora_r <= 64
     assert m.lora_dropout == 0.0  # preference training runs with dropout off; a value would only mislead
@@ -85,7 +91,10 @@ def test_values_are_sane(option):
 
 def test_smaller_models_take_larger_steps():
     lrs = {o: model_config(o).lr for o in HUB}
-    assert lrs["qwen25_coder_0_5b"] > max(v for k, v in lrs.items() if k != "qwen25_coder_0_5b")
+    small = {o for o in HUB if ARCH[o][2] < 1e9}
+    assert {"qwen25_coder_0_5b", "smollm2_135m"} <= small
+    assert min(lrs[o] for o in small) > max(v for k, v in lrs.items() if k not in small)
+    assert lrs["smollm2_135m"] >= lrs["qwen25_coder_0_5b"]
 
 
 def test_chat_template_use_and_system_prompts_follow_the_checkpoint():

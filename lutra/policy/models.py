@@ -21,7 +21,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def resolve_path(model_cfg, bench_cfg) -> str:
     """The directory or hub id to load. `model=tiny` resolves to its cache directory, which
-    `lutra.policy.tiny.ensure_tiny` builds (the loop, prepare and evaluate call it first): loading never trains."""
+    `lutra.policy.tiny.ensure_tiny` builds (the loop, prepare and evaluate call it first): loading never trains.
+    `model.gguf_file` resolves to its converted directory in the model cache, converted on first use."""
     if model_cfg.build == "tiny" and model_cfg.path is None:
         path = tiny_dir(model_cfg, bench_cfg)
         if not (path / "config.json").exists():
@@ -30,6 +31,10 @@ def resolve_path(model_cfg, bench_cfg) -> str:
                                     "lutra.policy.tiny.ensure_tiny(cfg), which `python -m lutra.train` and "
                                     "`python -m lutra.prepare` call")
         return str(path)
+    if getattr(model_cfg, "gguf_file", None):
+        from lutra.policy.gguf import ensure_converted  # a GGUF: converted once, then a plain HF directory
+
+        return str(ensure_converted(model_cfg.gguf_file))
     return model_cfg.path
 
 

@@ -28,19 +28,27 @@ def format_prompt(tokenizer, user_message: str, model_cfg) -> str:
     """The prompt text for one problem: the chat template's rendering when available, else the raw message.
 
     A template that rejects the system role (Gemma) gets the system prompt at the top of the user turn instead.
+    `model_cfg.few_shot` examples come first as finished user/assistant turns (without a template: each example's
+    message and answer as plain text, before the message).
     """
+    shots = list(getattr(model_cfg, "few_shot", None) or [])
     if _uses_template(tokenizer, model_cfg):
         from jinja2.exceptions import TemplateError  # transformers' template engine: only with a template
 
+        turns = [m for ex in shots for m in ({"role": "user", "content": ex.user},
+                                             {"role": "assistant", "content": ex.assistant})]
         user = {"role": "user", "content": user_message}
         render = lambda msgs: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)  # noqa: E731
         if not model_cfg.system_prompt:
-            return render([user])
+            return render(turns + [user])
         try:
-            return render([{"role": "system", "content": model_cfg.system_prompt}, user])
+            return render([{"role": "system", "content": model_cfg.system_prompt}, *turns, user])
         except TemplateError:
+            if turns:
+                turns[0] = {"role": "user", "content": f"{model_cfg.system_prompt}\n\n{turns[0]['content']}"}
+                return render(turns + [user])
             return render([{"role": "user", "content": f"{model_cfg.system_prompt}\n\n{user_message}"}])
-    return user_message.rstrip() + "\n"
+    return "".join(f"{ex.user.rstrip()}\n{ex.assistant.strip()}\n\n" for ex in shots) + user_message.rstrip() + "\n"
 
 
 def adds_bos(tokenizer) -> bool:
