@@ -184,6 +184,7 @@ def bench_isolation(n: int, rounds: int = 3) -> dict:
     modes = ["none"] + (["landlock"] if caps["landlock_abi"] else []) + (
         ["mount_namespace"] if caps["isolation"] == "mount_namespace" else [])
     per: dict[str, list[float]] = {m: [] for m in modes}
+    empty: dict[str, list[float]] = {m: [] for m in modes}
     ok: dict[str, int] = {m: 0 for m in modes}
     for _ in range(rounds):
         for m in modes:
@@ -193,10 +194,18 @@ def bench_isolation(n: int, rounds: int = 3) -> dict:
             res = [P.run(DS_PROGRAM, timeout_s=30, setup=setup) for _ in range(n)]
             per[m].append((time.perf_counter() - t0) / n)
             ok[m] += sum(r.status == "ok" for r in res)
+            t0 = time.perf_counter()  # the empty program: the sandbox's own cost, end to end
+            for _ in range(3 * n):
+                P.run("pass", setup=setup)
+            empty[m].append((time.perf_counter() - t0) / (3 * n))
     med = {m: sorted(v)[len(v) // 2] for m, v in per.items()}
+    emp = {m: sorted(v)[len(v) // 2] for m, v in empty.items()}
     return {"programs_per_round": n, "rounds": rounds, "ms_per_program": {m: v * 1000 for m, v in med.items()},
             "added_ms_vs_none": {m: (v - med["none"]) * 1000 for m, v in med.items()},
-            "ok": ok, "runs": {m: [x * 1000 for x in v] for m, v in per.items()}}
+            "empty_program_ms": {m: v * 1000 for m, v in emp.items()},
+            "empty_added_ms_vs_none": {m: (v - emp["none"]) * 1000 for m, v in emp.items()},
+            "ok": ok, "runs": {m: [x * 1000 for x in v] for m, v in per.items()},
+            "empty_runs": {m: [x * 1000 for x in v] for m, v in empty.items()}}
 
 
 def bench_false_timeouts(n: int = 16, timeout_s: float = 1.0) -> dict:
@@ -248,6 +257,8 @@ def main() -> None:
         ("Python speedup", f"{p['speedup']:.1f}x", ""),
     ] + [(f"isolation {m}: ms per program", f"{v:.1f}", f"{iso['added_ms_vs_none'][m]:+.1f} ms vs none, "
           f"{iso['ok'][m]}/{iso['rounds'] * iso['programs_per_round']} ok") for m, v in iso["ms_per_program"].items()
+         ] + [(f"isolation {m}: empty program, ms", f"{v:.1f}", f"{iso['empty_added_ms_vs_none'][m]:+.1f} ms vs none")
+              for m, v in iso["empty_program_ms"].items()
          ] + [(f"fork + confine + exit, {m}", f"{v.get('median_ms', float('nan')):.2f}", f"ms median, p90 "
           f"{v.get('p90_ms', float('nan')):.2f}") for m, v in cf.items()
          ] + [(f"false timeouts, {k}", f"{v['timeouts']}/{v['programs']}",
