@@ -82,16 +82,25 @@ class TinyModelConfig:
     """Shape and warm start of a Llama-architecture model built locally (no hub needed)."""
 
     vocab_size: int = 2048
+    """Tokenizer vocabulary (byte-level BPE trained on the benchmark's text)."""
     hidden_size: int = 256
+    """Llama hidden size."""
     intermediate_size: int = 688
+    """Llama MLP width."""
     num_layers: int = 4
+    """Transformer layers."""
     num_heads: int = 8
+    """Attention heads."""
     num_kv_heads: int = 4
+    """Key/value heads (grouped-query attention)."""
     max_position_embeddings: int = 1024
+    """Longest sequence (prompt + completion) the model is built for."""
     warm_start_steps: int = 800
     """Supervised steps on the benchmark's warm-up problems (disjoint from train and eval)."""
     warm_start_batch_size: int = 32
+    """Warm-up problems per warm-start step."""
     warm_start_lr: float = 2e-3
+    """Peak AdamW lr of the warm start (linear warm-up, cosine decay)."""
     warm_start_program_weight: float = 16.0
     """Weight of a program token against a prompt token in the warm-start loss (the prompt is supervised too)."""
     rare_templates_keep: float = 0.25
@@ -143,23 +152,30 @@ class ModelConfig:
     use_chat_template: bool = True
     """Format prompts with the tokenizer's chat template when it has one."""
     system_prompt: Optional[str] = None
+    """A system message rendered once before each prompt (chat template); null: none."""
     few_shot: list[FewShotExample] = field(default_factory=list)
     """Worked examples rendered before every prompt as user/assistant turns (sampling, training and evaluation
     alike); empty: zero-shot. See conf/model/smollm2_135m_fewshot.yaml."""
     lora_r: int = 16
+    """LoRA rank."""
     lora_alpha: int = 32
+    """LoRA scale numerator: the update is scaled by lora_alpha / lora_r."""
     lora_dropout: float = 0.05
     """LoRA dropout while training on the warm start; preference training always runs with dropout off."""
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    """Module names that get a LoRA adapter (attention and MLP projections)."""
     lr: float = 2e-5
     """AdamW learning rate for the LoRA parameters, suited to the model's size."""
     load_in_4bit: bool = False
     """QLoRA: load the frozen base in 4 bits (needs the `qlora` extra and a GPU)."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
     trust_remote_code: bool = False
+    """Let from_pretrained run the checkpoint's own modelling code (some hub models need it)."""
     tiny: Optional[TinyModelConfig] = None
+    """The tiny model's recipe (model.build=tiny only)."""
     gguf_file: Optional[str] = None
     """A local GGUF checkpoint, loaded instead of `path`: dequantized once into the model cache
     ($LUTRA_MODELS/gguf-<name>-<sha256 prefix>, saved with save_pretrained), then loaded from there with
@@ -193,7 +209,9 @@ class MethodConfig:
     samples_per_problem: int = 8
     """N candidates sampled per train problem each round."""
     temperature: float = 0.8
+    """Sampling temperature of the train-problem samples (evaluation is greedy)."""
     top_p: float = 0.95
+    """Nucleus sampling mass of the train-problem samples."""
     pairs_per_problem: int = 4
     """K: at most this many distinct (chosen, rejected) pairs per problem, drawn with the run's seed."""
     gold_as_chosen: bool = False
@@ -203,6 +221,7 @@ class MethodConfig:
     sft_data: str = "correct_samples"
     """For loss=sft: `correct_samples` (distinct correct samples) or `gold` (the train problems' gold programs)."""
     beta: float = 0.1
+    """DPO temperature beta: how far the policy may move from the reference per unit of margin."""
     dpo_weight: float = 1.0
     """Weight of the DPO term (0 turns it off: NLL on the pairs' chosen only)."""
     nll_weight: float = 1.0
@@ -214,6 +233,7 @@ class MethodConfig:
     adapter: str = "continue"
     """continue: one LoRA adapter trained across rounds; fresh: merge it into the base and start a new one."""
     epochs_per_round: int = 1
+    """Passes over the round's pairs (unless max_steps_per_round stops it first)."""
     max_steps_per_round: Optional[int] = None
     """Cap on optimizer steps per round (null: epochs_per_round decides)."""
     batch_size: int = 8
@@ -221,10 +241,13 @@ class MethodConfig:
     lr: Optional[float] = None
     """Overrides model.lr when set."""
     warmup_steps: int = 0
+    """Linear lr warm-up steps at the start of each round's fit."""
     weight_decay: float = 0.0
+    """AdamW weight decay on the LoRA parameters."""
     sample_batch_size: int = 32
     """Prompts per generation batch (each expanded to samples_per_problem sequences)."""
     eval_batch_size: int = 64
+    """Prompts per greedy decoding batch in the per-round evaluation."""
 
     def __post_init__(self) -> None:
         _one_of(self.loss, "method.loss", ("dpo_nll", "sft"))
@@ -253,14 +276,23 @@ class TrainerConfig:
     """Plain Lightning Trainer arguments (see conf/trainer/*.yaml)."""
 
     accelerator: str = "auto"
+    """cpu | gpu | auto (a GPU when there is one)."""
     devices: Any = "auto"
+    """Devices for fit: a count, a list of ids, or auto."""
     strategy: Any = "auto"
+    """Lightning strategy: auto | ddp_spawn | fsdp | deepspeed (conf/trainer/*.yaml set these)."""
     precision: Any = "32-true"
+    """Lightning precision: 32-true | bf16-mixed | 16-mixed."""
     num_nodes: int = 1
+    """Machines; lutra starts training workers on one node only."""
     accumulate_grad_batches: int = 1
+    """Micro-batches per optimizer step."""
     gradient_clip_val: Optional[float] = 1.0
+    """Gradient norm clip; null: none."""
     log_every_n_steps: int = 5
+    """Training metrics are logged every this many optimizer steps."""
     enable_progress_bar: bool = True
+    """Progress bars for sampling, execution, training and evaluation."""
     deepspeed_stage: Optional[int] = None
     """2 or 3 with strategy=deepspeed (ZeRO stage)."""
 
@@ -275,7 +307,9 @@ class LoggerConfig:
     name: str = "csv"
     """csv | wandb | none."""
     project: str = "lutra"
+    """wandb project."""
     entity: Optional[str] = None
+    """wandb entity (user or team); null: your default."""
     group: Optional[str] = None
     """wandb group; sweeps set it to the sweep name."""
     job_type: Optional[str] = None
@@ -283,6 +317,7 @@ class LoggerConfig:
     mode: Optional[str] = None
     """wandb mode: online | offline | disabled; None follows WANDB_MODE."""
     tags: list[str] = field(default_factory=list)
+    """wandb tags."""
     log_samples: bool = True
     """Log a table of sampled pairs each round."""
 
@@ -301,15 +336,19 @@ class TrainConfig:
     rounds: int = 4
     """Refinement rounds after the round-0 evaluation of the base model (the paper runs 4)."""
     seed: int = 0
+    """Seeds sampling, pairing, the new LoRA adapter and training; a run's directory name includes it."""
     run_dir: str = MISSING
     """Where every artifact of the run lands; re-running with the same run_dir resumes."""
     eval_every_round: bool = True
+    """Not read: every round is evaluated (kept so that configs setting it still compose)."""
     sampler: str = "hf"
     """Sampling backend for the train problems: hf (KV-shared sampler) | vllm | auto (vllm when it can run)."""
     vllm_gpu_memory_utilization: float = 0.5
+    """Share of GPU memory vLLM may take while sampling (sampler=vllm)."""
     resume: str = "auto"
     """auto: resume a run dir with the same config, refuse a changed one; force: resume despite changes."""
     log_level: str = "INFO"
+    """Python logging level of the console and train.log: DEBUG | INFO | WARNING."""
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 0, "rounds", f"must be >= 0, got {self.rounds}")

@@ -24,7 +24,7 @@ from lutra.pairs import build_pairs, sft_targets
 from lutra.policy import vllm as vllm_backend
 from lutra.policy.device import setup_torch
 from lutra.policy.logprobs import reference_logps
-from lutra.policy.models import policy_at, resolve_path
+from lutra.policy.models import policy_at, record_base, resolve_path
 from lutra.policy.prompts import format_prompt
 from lutra.policy.sampling import generate
 from lutra.policy.tiny import ensure_tiny
@@ -108,8 +108,10 @@ class Loop:
             else:
                 texts, finished = generate(model, tok, prompts, batch_size=m.sample_batch_size,
                                            desc=f"round {k}: sample", return_finished=True, **params)
-            records = [{"problem_id": p.id, "idx": j, "text": t, "finished": f} for p, ts, fs in
-                       zip(self.train_problems, texts, finished) for j, (t, f) in enumerate(zip(ts, fs))]
+            # each sample carries its prompt, as pairs.jsonl does: what was asked is readable next to the answer
+            records = [{"problem_id": p.id, "idx": j, "prompt": prompt, "text": t, "finished": f}
+                       for p, prompt, ts, fs in zip(self.train_problems, prompts, texts, finished)
+                       for j, (t, f) in enumerate(zip(ts, fs))]
             return records, {"samples": len(records)}
         return self.run.cached_jsonl(k, "sample", "samples.jsonl", compute)
 
@@ -167,6 +169,7 @@ class Loop:
             self._policy_round = k
         steps[str(k)] = stats["steps"]
         adapter_dir = self.run.round_dir(k) / "adapter"
+        record_base(self.run.round_dir(k) / ADAPTER_TMP, resolve_path(self.cfg.model, self.cfg.benchmark))
         replace_dir(self.run.round_dir(k) / ADAPTER_TMP, adapter_dir)
         self.run.mark(k, "train", adapter_dir, time.time() - t0, **stats)
 

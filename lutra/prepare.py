@@ -217,7 +217,10 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         expected = (cfg.sha256 or spec.get("sha256") or "").lower() or None
         filename = unquote(Path(urlparse(url).path).name) or f"{name}.download"
         cache = root.with_name(root.name + ".downloads") / name / filename
-        path = download(url, cache)
+        try:
+            path = download(url, cache)
+        except PrepareError as e:
+            raise PrepareError(f"{e}. {_by_hand(bench.name, name, spec, filename)}") from None
         digest = sha256(path)
         if expected is None and not cfg.allow_unverified:
             raise PrepareError(f"{name}: no sha256 configured for {url}. The download ({path}) has sha256 {digest}: "
@@ -248,6 +251,40 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     return {"root": str(root), "archives": marker["archives"], "splits": found}
 
 
+def _by_hand(bench: str, name: str, spec: dict, filename: str) -> str:
+    """How to get an archive without lutra downloading it (offline, or a host that wants a browser)."""
+    file = spec.get("file") or filename
+    page = spec.get("page") or spec["url"]
+    check = "" if spec.get("sha256") else " sha256=<its sha256, once checked> (none is recorded for it)"
+    return (f"Offline? Download {file} by hand from {page} and run: python -m lutra.prepare benchmark={bench} "
+            f"archives=[{name}] url=file:///path/to/{file}{check}")
+
+
+def _help_notes(values: dict) -> str:
+    """The selected benchmark's archives: URL and whether lutra can verify the download."""
+    bench = values.get("benchmark") or {}
+    lines = [f"Archives of benchmark={bench.get('name')} (benchmark.options.download):"]
+    for name, spec in ((bench.get("options") or {}).get("download") or {}).items():
+        sha = spec.get("sha256")
+        state = (f"sha256 {sha[:12]}... ({spec.get('sha256_from') or 'recorded'})" if sha else
+                 "unverified: no sha256 recorded; prepare prints the download's hash and unpacks only with "
+                 "sha256=<hex> or allow_unverified=true")
+        lines.append(f"  {name}: {spec.get('url')} - {state}")
+    return "\n".join(lines)
+
+
+def _help():
+    from lutra import cli_help
+
+    return cli_help.Command(
+        name="lutra.prepare", config_name="prepare", schema=PrepareConfig, register=register, notes=_help_notes,
+        summary="fetch a benchmark's official archive(s), check each against its recorded sha256, unpack into the "
+                "benchmark's data root ($LUTRA_DATA/<name> or benchmark.data_dir) and report the problems and "
+                "databases the loader finds there. An archive already unpacked is left alone.",
+        groups={"benchmark": "the benchmark whose archives to fetch",
+                "model": "model=<name>: prepare that model's GGUF checkpoint instead (model.gguf_source)"})
+
+
 def register() -> None:
     from hydra.core.config_store import ConfigStore
 
@@ -260,7 +297,11 @@ def register() -> None:
 def main() -> None:
     import hydra
 
+    from lutra import cli_help
     from lutra.config import CONF_DIR, to_object
+
+    if cli_help.requested(sys.argv[1:]):
+        sys.exit(cli_help.main(_help(), sys.argv[1:]))
     from lutra.policy.gguf import GGUFError
 
     register()

@@ -9,6 +9,7 @@ is saved with `save_pretrained` under outputs/models/ and from then on loaded ex
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
@@ -132,3 +133,48 @@ def policy_at(cfg, adapters: list[str], device="cpu"):
     for a in adapters:
         base = PeftModel.from_pretrained(base, a).merge_and_unload()
     return new_adapter(base, cfg.model, cfg.seed), load_tokenizer(path, cfg.model)
+
+
+BASE_RECORD = "lutra_base.json"
+"""Written beside adapter_config.json: the base the adapter was trained on and that base's fingerprint."""
+
+
+def base_fingerprint(path: str) -> dict:
+    """What identifies a base model: a hub id's commit in the HF cache, or a local directory's files (their full
+    sha256 up to 2 GiB of weights; above that, config.json's sha256 plus each file's name and size)."""
+    from lutra.artifacts import fingerprint, sha256_file
+
+    local = Path(path)
+    if not local.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            local = Path(snapshot_download(path, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not in the cache (vLLM-only or a custom loader): recorded as unknown
+            return {"fingerprint": None, "kind": "hub id not in the HF cache"}
+        return {"fingerprint": local.name, "kind": "hub commit"}
+    files = sorted(p for p in local.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin",
+                                                                              ".model", ".txt"))
+    weights = sum(p.stat().st_size for p in files if p.suffix in (".safetensors", ".bin"))
+    if weights <= 2 << 30:
+        return {"fingerprint": fingerprint({p.name: sha256_file(p) for p in files}), "kind": "sha256 of files"}
+    return {"fingerprint": fingerprint({p.name: sha256_file(p) if p.suffix == ".json" else p.stat().st_size
+                                        for p in files}), "kind": "json sha256 + weight file sizes"}
+
+
+def record_base(adapter_dir: str | Path, base_path: str) -> None:
+    """Make a saved adapter loadable from any working directory: peft writes `base_model_name_or_path` as the
+    path the base was loaded from, relative for model=tiny (outputs/models/...), so AutoPeftModelForCausalLM
+    failed anywhere but the repo root. A local base is recorded by absolute path, a hub id as it is, and
+    BASE_RECORD adds the base's fingerprint."""
+    import json
+
+    from lutra.artifacts import atomic_write_text, write_json
+
+    adapter_dir = Path(adapter_dir)
+    base = str(Path(base_path).resolve()) if Path(base_path).is_dir() else base_path
+    cfg_path = adapter_dir / "adapter_config.json"
+    config = json.loads(cfg_path.read_text())
+    config["base_model_name_or_path"] = base
+    atomic_write_text(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_json(adapter_dir / BASE_RECORD, {"base_model_name_or_path": base, **base_fingerprint(base)})
