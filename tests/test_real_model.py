@@ -208,3 +208,15 @@ def test_a_missing_gguf_names_the_prepare_command(tmp_path):
         prepare_model(ModelConfig(name="tiny", build="tiny", tiny=TinyModelConfig()))
     with pytest.raises(ConfigError, match="nothing to prepare"):
         prepare_model(ModelConfig(name="q", path="Qwen/Qwen2.5-Coder-0.5B-Instruct"))
+
+
+def test_preflight_checks_the_gguf_not_the_hub_id(tmp_path):
+    from lutra.config import ConfigError, ModelConfig
+    from lutra.preflight import check_model_path
+
+    cfg = ModelConfig(name="smollm2_135m", path="HuggingFaceTB/SmolLM2-135M-Instruct",
+                      gguf_file=str(tmp_path / "m.gguf"))
+    with pytest.raises(ConfigError, match=r"model.gguf_file: .* python -m lutra.prepare model=smollm2_135m"):
+        check_model_path(cfg)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    check_model_path(cfg)  # present: loaded from the file, the hub is never asked
