@@ -47,6 +47,7 @@ def base(prepared):
     return load_base(path, cfg).eval(), load_tokenizer(path, cfg)
 
 
+@pytest.mark.slow  # dequantizes the GGUF again (~15 s unloaded, 4 min on a busy 2-core machine)
 def test_converted_directory_holds_the_ggufs_tensors(prepared, base):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
