@@ -105,6 +105,11 @@ class TinyModelConfig:
     """Weight of a program token against a prompt token in the warm-start loss (the prompt is supervised too)."""
     rare_templates_keep: float = 0.25
     """Fraction of warm-up problems kept for the benchmark's `rare` templates (mini_sql): a weak-on-target base."""
+    warm_start_dtype: str = "auto"
+    """auto | float32 | float64 | bfloat16 (autocast over float32 weights): the warm start's arithmetic (saved in
+    float32). auto: bfloat16 on a CPU with native bf16, else float32."""
+    warm_start_seed: Optional[int] = None
+    """Seed of the initial weights, the rare draw and the batch order; null: benchmark.subsample_seed."""
 
     def __post_init__(self) -> None:
         _check(self.hidden_size % self.num_heads == 0, "model.tiny.hidden_size", "must be divisible by num_heads")
@@ -112,6 +117,7 @@ class TinyModelConfig:
         _check(self.warm_start_steps >= 0, "model.tiny.warm_start_steps", "must be >= 0")
         _check(self.warm_start_program_weight > 0, "model.tiny.warm_start_program_weight", "must be > 0")
         _check(0.0 <= self.rare_templates_keep <= 1.0, "model.tiny.rare_templates_keep", "must be in [0, 1]")
+        _one_of(self.warm_start_dtype, "model.tiny.warm_start_dtype", ("auto", "float32", "float64", "bfloat16"))
 
 
 @dataclass

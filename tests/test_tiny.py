@@ -112,3 +112,52 @@ def test_the_cached_base_is_keyed_by_the_default_rare_set(model_cfg, monkeypatch
     assert tiny_dir(model_cfg, bench) == before
     monkeypatch.setattr(mini_sql, "RARE_TEMPLATES", frozenset({"order_limit", "not_in"}))
     assert tiny_dir(model_cfg, bench) != before  # a code change of the default set must not reuse the old base
+
+
+def _fresh_model(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, rope_theta=10000.0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_float64_llama_runs_every_layer_in_float64_and_gives_back_the_stock_float32_model(tokenizer, model_cfg):
+    """RMSNorm and the rotary angles, which transformers computes in float32 whatever the weights' dtype, run in
+    float64 inside the block (a float32 round trip would bring back the SIMD-path-dependent rounding the float64
+    build exists to avoid); the function is the same, and afterwards the model is float32 with its own forwards."""
+    from lutra.policy.tiny import float64_llama
+
+    model = _fresh_model(tokenizer)
+    ids = _batch(tokenizer, model_cfg)["input_ids"]
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        seen = []
+        hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype if isinstance(o, tuple) else o.dtype))
+                 for m in model.modules() if type(m).__name__.endswith(("RMSNorm", "RotaryEmbedding"))]
+        with float64_llama(model):
+            assert {p.dtype for p in model.parameters()} == {torch.float64}
+            got = model(input_ids=ids).logits
+        for h in hooks:
+            h.remove()
+        assert got.dtype == torch.float64 and set(seen) == {torch.float64}, seen
+        torch.testing.assert_close(got.float(), want, rtol=1e-4, atol=1e-4)
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        assert not any("forward" in vars(m) for m in model.modules())
+        assert torch.equal(model(input_ids=ids).logits, want)  # float32 -> float64 -> float32 weights are exact
+
+
+def test_warm_start_dtype_and_seed_are_validated_and_key_the_cache(model_cfg):
+    import dataclasses
+
+    from lutra.config import BenchmarkConfig, ConfigError, TinyModelConfig
+    from lutra.policy.tiny_cache import tiny_dir
+
+    with pytest.raises(ConfigError, match="model.tiny.warm_start_dtype"):
+        TinyModelConfig(warm_start_dtype="float16")
+    bench = BenchmarkConfig(name="mini_sql")
+    dirs = {tiny_dir(dataclasses.replace(model_cfg, tiny=TinyModelConfig(**kw)), bench)
+            for kw in ({}, {"warm_start_dtype": "float32"}, {"warm_start_seed": 1}, {"warm_start_seed": 0})}
+    assert len(dirs) == 3  # seed 0 is the benchmark's own: the default base

@@ -14,15 +14,18 @@ loads it), then saved and loaded like any hub model (`lutra.policy.models`).
    The benchmark's `rare` templates appear at `tiny.rare_templates_keep` times a common template's count, so
    the base is capable (SQL syntax, schema reading, value copying) but weak on some of the target task's own
    patterns: the paper's regime, where refinement has something to learn.
-The directory is written atomically; `lutra_build.json` records the recipe, data counts and the warm-start loss.
+The directory is written atomically; `lutra_build.json` records the recipe, data counts, the warm-start loss
+curve, its arithmetic and CPU path, and a digest of the weights (`weights_sha256`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -33,7 +36,7 @@ from lutra.artifacts import atomic_dir, write_json
 from lutra.policy.device import fast_bf16
 from lutra.policy.logprobs import body_and_head, prefix_forward
 from lutra.policy.prompts import encode_completion, encode_prompt, format_prompt
-from lutra.policy.tiny_cache import tiny_dir
+from lutra.policy.tiny_cache import tiny_dir, tiny_seed
 from lutra.training.data import BucketSampler, bucket_key, collate
 
 log = logging.getLogger(__name__)
@@ -114,6 +117,60 @@ def _warmup_problems(bench_cfg, keep_rare: float, seed: int) -> list:
     return common + rare  # the warm start draws its batches with a seeded BucketSampler, not in this order
 
 
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits  # fp64 stays fp64
+
+
+def _rms_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+    return self.weight * (hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+
+def _rope(self, x: torch.Tensor, position_ids: torch.Tensor):
+    freqs = position_ids[..., None].to(x.dtype) * self.inv_freq.to(x.dtype)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+
+
+@contextlib.contextmanager
+def float64_llama(model):
+    """The model in float64 for the block, back in float32 after it. transformers' Llama computes RMSNorm and the
+    rotary angles in float32 whatever the weights' dtype (an upcast for bf16, a downcast here), so for the block
+    those modules compute in the weights' dtype; the rotary frequencies are recomputed in float64 too (a
+    non-persistent buffer: a later from_pretrained computes its own). Without this every layer would round to
+    float32 on the way, and float32 results differ between SIMD paths (the point of the float64 build)."""
+    patched = []
+    model.to(torch.float64)
+    for m in model.modules():
+        name = type(m).__name__
+        if name.endswith("RMSNorm"):
+            m.forward = types.MethodType(_rms_norm, m)
+            patched.append(m)
+        elif name.endswith("RotaryEmbedding"):
+            rope = getattr(model.config, "rope_parameters", None) or {}
+            dim, theta = m.inv_freq.numel() * 2, rope.get("rope_theta", getattr(model.config, "rope_theta", None))
+            inv = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+            m.register_buffer("inv_freq", inv, persistent=False)
+            m.forward = types.MethodType(_rope, m)
+            patched.append(m)
+    try:
+        yield model
+    finally:
+        for m in patched:
+            del m.forward  # the class's own forward again
+        model.to(torch.float32)
+        for m in patched:
+            if hasattr(m, "original_inv_freq"):
+                m.register_buffer("inv_freq", m.original_inv_freq.float(), persistent=False)
+
+
+def resolved_dtype(tiny_cfg) -> str:
+    """`auto`: bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX: 1.7x faster than float32 there), else
+    float32 (emulated bf16 took 5.9x float32's time on the AVX2 path). Measured: docs/results/issue17_bases.md."""
+    if tiny_cfg.warm_start_dtype != "auto":
+        return tiny_cfg.warm_start_dtype
+    return "bfloat16" if fast_bf16("cpu") else "float32"
+
+
 def lm_loss(model, batch: dict, pad_id: int, program_weight: float = 1.0) -> torch.Tensor:
     """Language-model loss on every real token (schema, question and program), the prompt prefix that all rows
     share (a database's schema) run once and counted once per row; a program token weighs `program_weight`
@@ -134,12 +191,12 @@ def lm_loss(model, batch: dict, pad_id: int, program_weight: float = 1.0) -> tor
     total, count = 0.0, 0.0
     if p >= 8 and rows > 1:
         h_prefix, hidden = prefix_forward(body, ids, p)
-        nll = torch.nn.functional.cross_entropy(head(h_prefix).float(), labels[0, :p], reduction="none")
+        nll = torch.nn.functional.cross_entropy(_upcast(head(h_prefix)), labels[0, :p], reduction="none")
         total, count = (nll * weight[0, :p]).sum() * rows, weight[0, :p].sum() * rows
         labels, valid, weight = labels[:, p:], valid[:, p:], weight[:, p:]
     else:
         hidden = body(input_ids=ids).last_hidden_state
-    nll = torch.nn.functional.cross_entropy(head(hidden[valid]).float(), labels[valid], reduction="none")
+    nll = torch.nn.functional.cross_entropy(_upcast(head(hidden[valid])), labels[valid], reduction="none")
     return (total + (nll * weight[valid]).sum()) / (count + weight[valid].sum())
 
 
@@ -158,29 +215,43 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
     sampler = BucketSampler([bucket_key(r["prompt"]) for r in records], t.warm_start_batch_size, seed)
-    bf16 = fast_bf16("cpu")
+    dtype = resolved_dtype(t)
+    bf16 = dtype == "bfloat16"
     model.train()
     losses = []
     batches = iter(())
     bar = tqdm(range(steps), desc="warm start", leave=False)
-    for _ in bar:
-        idx = next(batches, None)
-        if idx is None:
-            batches = iter(sampler)
-            idx = next(batches)
-        batch = collate([{"i": i, **records[i]} for i in idx], tok.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # fp32 master weights, bf16 matmuls
-            loss = lm_loss(model, batch, tok.pad_token_id, t.warm_start_program_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    exact = float64_llama(model) if dtype == "float64" else contextlib.nullcontext()
+    with exact:
+        for _ in bar:
+            idx = next(batches, None)
+            if idx is None:
+                batches = iter(sampler)
+                idx = next(batches)
+            batch = collate([{"i": i, **records[i]} for i in idx], tok.pad_token_id)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # fp32 master weights, bf16 matmuls
+                loss = lm_loss(model, batch, tok.pad_token_id, t.warm_start_program_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
     return {"examples": len(records), "steps": steps, "first_loss": losses[0] if losses else None,
-            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
+            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "loss_curve": losses}
+
+
+def weights_sha256(model) -> str:
+    """A digest of the float32 weights: equal digests, equal models (the build's fingerprint of its result)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def build_tiny(model_cfg, bench_cfg, out_dir: Path) -> None:
@@ -188,9 +259,10 @@ def build_tiny(model_cfg, bench_cfg, out_dir: Path) -> None:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     t, t0 = model_cfg.tiny, time.time()
-    log.info("building tiny model for %s into %s", bench_cfg.name, out_dir)
-    torch.manual_seed(bench_cfg.subsample_seed)
-    warmup = _warmup_problems(bench_cfg, t.rare_templates_keep, bench_cfg.subsample_seed)
+    seed, dtype = tiny_seed(t, bench_cfg), resolved_dtype(t)
+    log.info("building tiny model for %s into %s (warm start in %s, seed %d)", bench_cfg.name, out_dir, dtype, seed)
+    torch.manual_seed(seed)
+    warmup = _warmup_problems(bench_cfg, t.rare_templates_keep, seed)
     train = benchmarks.load(bench_cfg, bench_cfg.train_split)
     evals = [p for split in benchmarks.evaluated_splits(bench_cfg) for p in benchmarks.load(bench_cfg, split)]
     # the tokenizer sees warm-up and train text and the evaluated schemas, never an evaluated gold program
@@ -204,8 +276,15 @@ def build_tiny(model_cfg, bench_cfg, out_dir: Path) -> None:
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         rope_theta=10000.0,
     )
-    model = LlamaForCausalLM(config)
-    stats = warm_start(model, tok, model_cfg, bench_cfg, warmup, seed=bench_cfg.subsample_seed)
+    # float64 initial weights: float32 normal_ has a SIMD kernel per CPU path, so its draws differ in the last bit
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if dtype == "float64" else torch.float32)
+    try:
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    stats = warm_start(model, tok, model_cfg, bench_cfg, warmup, seed=seed)
+    model.to(torch.float32)
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                pad_token_id=tok.pad_token_id, do_sample=False)
     with atomic_dir(out_dir) as tmp:
@@ -215,7 +294,10 @@ def build_tiny(model_cfg, bench_cfg, out_dir: Path) -> None:
             "recipe": "tiny", "benchmark": bench_cfg.name, "parameters": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(tok), "warmup_problems": len(warmup),
             "warmup_rare": sum(bool(p.meta.get("rare")) for p in warmup), "seconds": round(time.time() - t0, 1),
-            **stats,
+            # what another machine's build is compared by: equal digests, the same base
+            "warm_start_dtype": dtype, "warm_start_seed": seed, "weights_sha256": weights_sha256(model),
+            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), **stats,
         })
     log.info("tiny model built in %.0f s (%s)", time.time() - t0, stats)
 

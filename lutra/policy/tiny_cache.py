@@ -11,12 +11,19 @@ from lutra.artifacts import fingerprint
 TINY_VERSION = 6  # bump when the tiny build recipe changes: the cache key changes with it
 
 
+def tiny_seed(tiny_cfg, bench_cfg) -> int:
+    """The warm start's seed (initial weights, rare draw, batch order): its own, else the benchmark's."""
+    return bench_cfg.subsample_seed if tiny_cfg.warm_start_seed is None else tiny_cfg.warm_start_seed
+
+
 def tiny_dir(model_cfg, bench_cfg) -> Path:
     bench_module = importlib.import_module(f"lutra.benchmarks.{bench_cfg.name}")
     key = {
         "v": TINY_VERSION,
         "bench_version": getattr(bench_module, "GENERATOR_VERSION", None),
-        "tiny": {k: getattr(model_cfg.tiny, k) for k in vars(model_cfg.tiny)},
+        # null warm_start_seed is the benchmark's seed: the same base, so the same key
+        "tiny": {k: getattr(model_cfg.tiny, k) for k in vars(model_cfg.tiny)}
+        | {"warm_start_seed": tiny_seed(model_cfg.tiny, bench_cfg)},
         "bench": bench_cfg.name,
         "seed": bench_cfg.subsample_seed,
         "n_warmup": bench_cfg.n_warmup,
