@@ -146,9 +146,13 @@ if sys.modules.get('json', 1) is None: bad.append('modules')
 if 'LUTRA_POISON' in os.environ: bad.append('environ')
 for d in ('/tmp', '/dev/shm', '.'):
     try:
-        if os.listdir(d): bad.append(d)
+        left = set(os.listdir(d))
     except PermissionError:  # Landlock alone: the host's /tmp is not ours to read
-        pass
+        continue
+    # a venv in a clone under /tmp (CI's may be) is bound read-only into the program's /tmp: only its top dir
+    root = os.path.realpath(d) + '/'
+    venv = {p[len(root):].split('/')[0] for p in map(os.path.realpath, sys.path) if p.startswith(root)}
+    if left - venv: bad.append(d)
 if os.getcwd() != '/tmp' and not os.getcwd().endswith('/work'): bad.append('cwd')
 print('POISONED', bad) if bad else print('CLEAN')
 """

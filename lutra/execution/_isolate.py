@@ -111,9 +111,17 @@ def _keep_paths() -> list[str]:
     return out
 
 
+_HIDDEN: dict[str, int] = {}
+"""Kept paths under /tmp or /dev/shm (a venv in a clone under /tmp, as CI's may be): an O_PATH fd opened before
+the private tmpfs covers them, so build_root can still bind them through /proc/self/fd."""
+
+
 def private_tmp() -> None:
     """Zygote, first thing in its new mount namespace: private /tmp and /dev/shm before any import writes there."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    for p in keep_paths():  # computed (and cached) while /tmp is still the host's
+        if p.startswith(("/tmp/", "/dev/shm/")):
+            _HIDDEN[p] = os.open(p, os.O_PATH | (os.O_DIRECTORY if os.path.isdir(p) else 0))
     for d in ("/tmp", "/dev/shm"):
         if os.path.isdir(d):
             _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m")
@@ -129,13 +137,17 @@ def build_root(keep: list[str], sbx_size_mb: int = 1024) -> None:
             os.symlink(os.readlink(link), new + link)
     for src in keep:
         dst = new + src
-        if os.path.isdir(src):
+        real = f"/proc/self/fd/{_HIDDEN[src]}" if src in _HIDDEN else src  # under the private /tmp: by its fd
+        if os.path.isdir(real):
             os.makedirs(dst, 0o755, exist_ok=True)
         else:
             os.makedirs(os.path.dirname(dst), 0o755, exist_ok=True)
             open(dst, "w").close()
-        _mount(src, dst, None, MS_BIND | MS_REC)
+        _mount(real, dst, None, MS_BIND | MS_REC)
         _readonly(dst)
+    for fd in _HIDDEN.values():
+        os.close(fd)
+    _HIDDEN.clear()
     for d in ("proc", "sys", "dev", "dev/shm", "tmp", SBX[1:], ".old"):
         os.makedirs(f"{new}/{d}", 0o755, exist_ok=True)
     _mount("proc", f"{new}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -158,8 +170,21 @@ def build_root(keep: list[str], sbx_size_mb: int = 1024) -> None:
 def enter_task(task_dir: str, uid: int | None) -> str:
     """Program process, mount-namespace mode: its own /tmp and /dev/shm, /sbx hidden. Returns the new cwd."""
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    # kept package dirs that live under /tmp (a venv in a clone there): the task's /tmp would cover them, so they
+    # are bound again, read-only, on top of it
+    under = {p: os.open(p, os.O_PATH) for p in keep_paths() if p.startswith(("/tmp/", "/dev/shm/"))}
     _mount(f"{task_dir}/work", "/tmp", None, MS_BIND)
     _mount(f"{task_dir}/shm", "/dev/shm", None, MS_BIND)
+    for p, fd in under.items():
+        real = f"/proc/self/fd/{fd}"
+        if os.path.isdir(real):
+            os.makedirs(p, 0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(p), 0o755, exist_ok=True)
+            open(p, "w").close()
+        _mount(real, p, None, MS_BIND | MS_REC)
+        _readonly(p)
+        os.close(fd)
     _mount("tmpfs", SBX, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
     return "/tmp"
 
