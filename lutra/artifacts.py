@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 TMP_PREFIX = ".tmp-"
 
@@ -64,6 +64,19 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def json_lines(lines: list[str]) -> Iterator[tuple[int, Any, json.JSONDecodeError | None, bool]]:
+    """(line number, record, decode error, is the last non-blank line) per non-blank line of a JSONL text that
+    a user wrote: the callers name file and line in their own errors (a bad last line is often a truncation)."""
+    last = max((n for n, line in enumerate(lines, start=1) if line.strip()), default=0)
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line), None, n == last
+        except json.JSONDecodeError as e:
+            yield n, None, e, n == last
 
 
 def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:

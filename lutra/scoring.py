@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
-from lutra.artifacts import write_json, write_jsonl
+from lutra.artifacts import json_lines, write_json, write_jsonl
 from lutra.benchmarks import Problem
 from lutra.benchmarks.sql_schema import check_databases
 from lutra.execution import Verdict, judge
@@ -44,15 +43,10 @@ def read_predictions(path: str | Path, known_ids: set[str], *, split: str = "") 
     out: dict[str, str] = {}
     first_line: dict[str, int] = {}
     errors = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for n, rec, bad, last in json_lines(lines):
         where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            last = n == len(lines) or not any(x.strip() for x in lines[n:])
-            errors.append(f"{where}: invalid JSON ({e.msg}){' - truncated last line?' if last else ''}")
+        if bad is not None:
+            errors.append(f"{where}: invalid JSON ({bad.msg}){' - truncated last line?' if last else ''}")
             continue
         if not isinstance(rec, dict):
             errors.append(f"{where}: expected an object with keys id and prediction, got {type(rec).__name__}")

@@ -11,6 +11,9 @@ E = {"ok", "error"}
 ANY = {"ok", "error", "timeout", "oom", "killed", "output_flood"}
 
 _TRY = "def attempt(f):\n    try:\n        f()\n        print('ESCAPED')\n    except Exception as e:\n        print(type(e).__name__)\n"
+# every process's /proc/<pid>/ENTRY (environ, cmdline) printed where readable
+_SCAN_PROC = ("import os\nfor p in os.listdir('/proc'):\n    try:\n        print(open(f'/proc/{p}/ENTRY', 'rb').read())\n"
+              "    except OSError:\n        pass")
 
 PROGRAMS = [
     # ------------------------------------------------------------ delete / truncate / change a file outside
@@ -77,10 +80,8 @@ PROGRAMS = [
     ("read run manifest", "print(open('{R}/manifest.json').read())", E),
     ("read the project", "print(open('{P}/pyproject.toml').read()[:200])", E),
     ("read /etc/shadow", "print(open('/etc/shadow').read())", E),
-    ("scan /proc environ", "import os\nfor p in os.listdir('/proc'):\n    try:\n"
-     "        print(open(f'/proc/{p}/environ', 'rb').read())\n    except OSError:\n        pass", E),
-    ("scan /proc cmdline", "import os\nfor p in os.listdir('/proc'):\n    try:\n"
-     "        print(open(f'/proc/{p}/cmdline', 'rb').read())\n    except OSError:\n        pass", E),
+    ("scan /proc environ", _SCAN_PROC.replace("ENTRY", "environ"), E),
+    ("scan /proc cmdline", _SCAN_PROC.replace("ENTRY", "cmdline"), E),
     ("parent environ by pid", "print(open('/proc/{PID}/environ', 'rb').read())", E),
     ("victim environ by pid", "print(open('/proc/{VICTIM}/environ', 'rb').read())", E),
     ("walk / for the secret", "import os\nfor d in ('/tmp', '/root', '/work', '/home', '{H}', '{R}'):\n"

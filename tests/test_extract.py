@@ -1,5 +1,7 @@
 """Programs inside instruct-model answers: fences and prose stripped before execution, bare programs untouched."""
 
+import sqlite3
+
 import pytest
 
 from lutra.execution.extract import extract_program
@@ -27,19 +29,24 @@ def test_extract_program(text, language, want):
     assert extract_program(text, language) == want
 
 
-def test_judge_executes_the_fenced_program(tmp_path):
-    import sqlite3
-
+@pytest.fixture
+def singer(tmp_path):
+    """(problem, benchmark config, database path): the two-row singer table and SQL as its gold."""
     from lutra.benchmarks import Problem
     from lutra.config import BenchmarkConfig
-    from lutra.execution import judge
 
     db = tmp_path / "concert.sqlite"
     with sqlite3.connect(db) as con:
         con.execute("CREATE TABLE singer (name TEXT, country TEXT)")
         con.executemany("INSERT INTO singer VALUES (?, ?)", [("Ann", "France"), ("Bo", "Chile")])
     p = Problem(id="t/0", question="Singers from France?", context="", gold=SQL, language="sql", db_path=str(db))
-    cfg = BenchmarkConfig(name="mini_sql", comparison="spider_ts", timeout_s=5.0, workers=1)
+    return p, BenchmarkConfig(name="mini_sql", comparison="spider_ts", timeout_s=5.0, workers=1), db
+
+
+def test_judge_executes_the_fenced_program(singer):
+    from lutra.execution import judge
+
+    p, cfg, _ = singer
     answers = [f"```sql\n{SQL}\n```", "Sure! ```sql\nSELECT name FROM singer\n```"]
     assert [v.correct for v in judge([(p, a) for a in answers], cfg, progress=False)] == [True, False]
 
@@ -72,19 +79,10 @@ def test_python_is_not_cut_at_semicolons():
     assert extract_program(code, "python") == code
 
 
-def test_refused_statements_are_wrong_answers_not_harness_errors(tmp_path):
-    import sqlite3
-
-    from lutra.benchmarks import Problem
-    from lutra.config import BenchmarkConfig
+def test_refused_statements_are_wrong_answers_not_harness_errors(singer):
     from lutra.execution import judge
 
-    db = tmp_path / "concert.sqlite"
-    with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE singer (name TEXT, country TEXT)")
-        con.executemany("INSERT INTO singer VALUES (?, ?)", [("Ann", "France"), ("Bo", "Chile")])
-    p = Problem(id="t/0", question="Singers from France?", context="", gold=SQL, language="sql", db_path=str(db))
-    cfg = BenchmarkConfig(name="mini_sql", comparison="spider_ts", timeout_s=5.0, workers=1)
+    p, cfg, db = singer
     answers = ["CREATE TABLE singer (name TEXT, country TEXT);\nSELECT name FROM singer WHERE country = 'France';",
                "DROP TABLE singer;", "Sure:\nDELETE FROM singer; SELECT 1", f"The query is {SQL}; it filters.",
                "The singers from France are Ann."]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_real_tokenizer import CHOSEN, QUESTION, REJECTED, smollm2_config
+from test_real_tokenizer import CHOSEN, QUESTION, REJECTED, prepared_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 N_LAYERS = 30
@@ -28,14 +28,7 @@ LORA_PARAMS = N_LAYERS * 16 * (2 * 1152 + 2 * 768 + 3 * 2112)
 
 @pytest.fixture(scope="module")
 def prepared():
-    from lutra.policy.gguf import prepared_dir
-
-    cfg = smollm2_config()
-    path = prepared_dir(cfg)
-    if path is None:
-        pytest.skip(f"SmolLM2-135M-Instruct not prepared ({cfg.gguf_file} or its converted directory is missing): "
-                    "run `python -m lutra.prepare model=smollm2_135m`")
-    return str(path), cfg
+    return prepared_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -35,17 +35,24 @@ def smollm2_config(**over):
     return to_object(cfg).model
 
 
-@pytest.fixture(scope="module")
-def real_tok():
+def prepared_or_skip():
+    """(converted SmolLM2 directory, its model config), or the test skips saying how to prepare it."""
     from lutra.policy.gguf import prepared_dir
-    from lutra.policy.models import load_tokenizer
 
     cfg = smollm2_config()
     path = prepared_dir(cfg)
     if path is None:
         pytest.skip(f"SmolLM2-135M-Instruct not prepared ({cfg.gguf_file} or its converted directory is missing): "
                     "run `python -m lutra.prepare model=smollm2_135m`")
-    return load_tokenizer(str(path), cfg), cfg
+    return str(path), cfg
+
+
+@pytest.fixture(scope="module")
+def real_tok():
+    from lutra.policy.models import load_tokenizer
+
+    path, cfg = prepared_or_skip()
+    return load_tokenizer(path, cfg), cfg
 
 
 def test_special_tokens_are_the_checkpoints(real_tok):

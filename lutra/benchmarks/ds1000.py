@@ -24,6 +24,7 @@ import random
 import re
 from pathlib import Path
 
+from lutra.artifacts import json_lines
 from lutra.benchmarks import BenchmarkError, Problem
 from lutra.benchmarks.sql_schema import data_root, field
 
@@ -53,16 +54,12 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
         raise BenchmarkError(f"{path}: cannot read ({e})") from None
     out = []
     lines = raw.decode("utf-8", errors="strict").splitlines()
-    for n, line in enumerate(lines, start=1):
-        line = line.lstrip("\ufeff") if n == 1 else line
-        if not line.strip():
-            continue
+    if lines:
+        lines[0] = lines[0].lstrip("\ufeff")
+    for n, rec, bad, last in json_lines(lines):
         where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            hint = " (truncated last line?)" if n == len(lines) else ""
-            raise BenchmarkError(f"{where}: invalid JSON: {e.msg}{hint}") from None
+        if bad is not None:
+            raise BenchmarkError(f"{where}: invalid JSON: {bad.msg}{' (truncated last line?)' if last else ''}") from None
         if not isinstance(rec, dict):
             raise BenchmarkError(f"{where}: expected an object, got {type(rec).__name__}")
         out.append((where, rec))

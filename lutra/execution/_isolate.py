@@ -127,6 +127,17 @@ def private_tmp() -> None:
             _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m")
 
 
+def _bind_readonly(src: str, dst: str) -> None:
+    """Bind `src` (a path, or /proc/self/fd/N of an O_PATH fd) read-only at `dst`, creating the mount point."""
+    if os.path.isdir(src):
+        os.makedirs(dst, 0o755, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(dst), 0o755, exist_ok=True)
+        open(dst, "w").close()
+    _mount(src, dst, None, MS_BIND | MS_REC)
+    _readonly(dst)
+
+
 def build_root(keep: list[str], sbx_size_mb: int = 1024) -> None:
     """Zygote, after its imports: pivot into a tmpfs root holding only read-only binds of `keep`."""
     new = "/tmp/.root"
@@ -136,15 +147,7 @@ def build_root(keep: list[str], sbx_size_mb: int = 1024) -> None:
         if os.path.islink(link):
             os.symlink(os.readlink(link), new + link)
     for src in keep:
-        dst = new + src
-        real = f"/proc/self/fd/{_HIDDEN[src]}" if src in _HIDDEN else src  # under the private /tmp: by its fd
-        if os.path.isdir(real):
-            os.makedirs(dst, 0o755, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(dst), 0o755, exist_ok=True)
-            open(dst, "w").close()
-        _mount(real, dst, None, MS_BIND | MS_REC)
-        _readonly(dst)
+        _bind_readonly(f"/proc/self/fd/{_HIDDEN[src]}" if src in _HIDDEN else src, new + src)  # under /tmp: by fd
     for fd in _HIDDEN.values():
         os.close(fd)
     _HIDDEN.clear()
@@ -176,14 +179,7 @@ def enter_task(task_dir: str, uid: int | None) -> str:
     _mount(f"{task_dir}/work", "/tmp", None, MS_BIND)
     _mount(f"{task_dir}/shm", "/dev/shm", None, MS_BIND)
     for p, fd in under.items():
-        real = f"/proc/self/fd/{fd}"
-        if os.path.isdir(real):
-            os.makedirs(p, 0o755, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(p), 0o755, exist_ok=True)
-            open(p, "w").close()
-        _mount(real, p, None, MS_BIND | MS_REC)
-        _readonly(p)
+        _bind_readonly(f"/proc/self/fd/{fd}", p)
         os.close(fd)
     _mount("tmpfs", SBX, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
     return "/tmp"

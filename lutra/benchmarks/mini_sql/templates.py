@@ -154,23 +154,27 @@ def aggregate(rng, db: _Db) -> Draft | None:
     return Draft((t.name, fn, col.name) + c.key, q, f"SELECT {fn}({col.name}) FROM {t.name} WHERE {c.sql()}")
 
 
-def distinct(rng, db: _Db) -> Draft | None:
+def _category_and_cond(rng, db: _Db):
+    """A table with a category column k and a condition on another column: (table, k, cond), or None."""
     t = db.table(rng, "cat")
     k = rng.choice(t.of("cat"))
     c = _cond(rng, db, t, skip=[k])
-    if c is None:
+    return None if c is None else (t, k, c)
+
+
+def distinct(rng, db: _Db) -> Draft | None:
+    if (drawn := _category_and_cond(rng, db)) is None:
         return None
+    t, k, c = drawn
     q = _say(rng, ("List the distinct {K} of {pl} {cond}.", "What are the different {K} of {pl} {cond}?",
                    "Show all unique {K} among {pl} {cond}."), K=k.words_pl, pl=t.pl, cond=c.text(rng))
     return Draft((t.name, k.name) + c.key, q, f"SELECT DISTINCT {k.name} FROM {t.name} WHERE {c.sql()}")
 
 
 def group_count(rng, db: _Db) -> Draft | None:
-    t = db.table(rng, "cat")
-    k = rng.choice(t.of("cat"))
-    c = _cond(rng, db, t, skip=[k])
-    if c is None:
+    if (drawn := _category_and_cond(rng, db)) is None:
         return None
+    t, k, c = drawn
     q = _say(rng, ("For each {K}, how many {pl} are there {cond}?", "Count the {pl} {cond} for each {K}.",
                    "Show each {K} and the number of {pl} {cond}."), K=k.words, pl=t.pl, cond=c.text(rng))
     sql = f"SELECT {k.name}, COUNT(*) FROM {t.name} WHERE {c.sql()} GROUP BY {k.name}"
