@@ -110,6 +110,16 @@ class TinyModelConfig:
     float32). auto: bfloat16 on a CPU with native bf16, else float32."""
     warm_start_seed: Optional[int] = None
     """Seed of the initial weights, the rare draw and the batch order; null: benchmark.subsample_seed."""
+    warm_start_target_ex: Optional[float] = None
+    """Stop the warm start at the first check whose greedy EX (%) on `warm_start_check_problems` train problems
+    reaches this (null: run all warm_start_steps). The base's level is then a property of the recipe, not of the
+    CPU's rounding: the warm start's trajectory is chaotic in floating point (docs/results/issue17_bases.md)."""
+    warm_start_check_every: int = 50
+    """Steps between two checks of the base's greedy EX (with warm_start_target_ex)."""
+    warm_start_check_from: int = 200
+    """First step checked."""
+    warm_start_check_problems: int = 200
+    """Train problems (a seeded sample) decoded greedily at each check; the eval split is never looked at."""
 
     def __post_init__(self) -> None:
         _check(self.hidden_size % self.num_heads == 0, "model.tiny.hidden_size", "must be divisible by num_heads")
@@ -118,6 +128,10 @@ class TinyModelConfig:
         _check(self.warm_start_program_weight > 0, "model.tiny.warm_start_program_weight", "must be > 0")
         _check(0.0 <= self.rare_templates_keep <= 1.0, "model.tiny.rare_templates_keep", "must be in [0, 1]")
         _one_of(self.warm_start_dtype, "model.tiny.warm_start_dtype", ("auto", "float32", "float64", "bfloat16"))
+        _check(self.warm_start_target_ex is None or 0.0 < self.warm_start_target_ex <= 100.0,
+               "model.tiny.warm_start_target_ex", "must be a percentage in (0, 100] or null")
+        _check(self.warm_start_check_every >= 1, "model.tiny.warm_start_check_every", "must be >= 1")
+        _check(self.warm_start_check_problems >= 1, "model.tiny.warm_start_check_problems", "must be >= 1")
 
 
 @dataclass

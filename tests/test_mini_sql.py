@@ -187,3 +187,16 @@ def test_rare_templates_option_moves_the_flag_not_the_questions(gen, tmp_path):
     for bad in (["no_such_template"], "order_limit"):
         with pytest.raises(BenchmarkError, match="rare_templates"):
             mini_sql.load(_cfg(cfg.data_dir, options={"rare_templates": bad}), "train")
+
+
+def test_templates_option_keeps_only_those_templates_problems(gen):
+    cfg, splits = gen
+    keep = ["where_eq", "count_where"]
+    for split in ("train", "eval", "warmup"):
+        kept = mini_sql.load(_cfg(cfg.data_dir, options={"templates": keep}), split)
+        # the same problems as the full benchmark's, in the same order, only those templates
+        assert [p.id for p in kept] == [p.id for p in splits[split] if p.meta["template"] in keep]
+        assert kept and {p.meta["template"] for p in kept} == set(keep)
+    for bad in (["no_such_template"], "where_eq", []):
+        with pytest.raises(BenchmarkError, match="options.templates"):
+            mini_sql.load(_cfg(cfg.data_dir, options={"templates": bad}), "train")

@@ -161,3 +161,56 @@ def test_warm_start_dtype_and_seed_are_validated_and_key_the_cache(model_cfg):
     dirs = {tiny_dir(dataclasses.replace(model_cfg, tiny=TinyModelConfig(**kw)), bench)
             for kw in ({}, {"warm_start_dtype": "float32"}, {"warm_start_seed": 1}, {"warm_start_seed": 0})}
     assert len(dirs) == 3  # seed 0 is the benchmark's own: the default base
+
+
+def _small_build(tmp_path, model_cfg, **tiny):
+    import dataclasses
+
+    from lutra.config import BenchmarkConfig, TinyModelConfig
+
+    t = TinyModelConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                        num_kv_heads=1, warm_start_steps=12, warm_start_batch_size=4, warm_start_check_from=4,
+                        warm_start_check_every=4, warm_start_check_problems=6, **tiny)
+    bench = BenchmarkConfig(name="mini_sql", executor="sql", data_dir=str(tmp_path / "data"), n_warmup=200,
+                            workers=1)
+    return dataclasses.replace(model_cfg, tiny=t, max_prompt_len=768, max_completion_len=24), bench
+
+
+def test_warm_start_checks_the_base_and_runs_on_when_the_target_is_not_reached(tmp_path, model_cfg):
+    """Real checks: greedy decoding of train problems by the model being built, judged by the SQL executor."""
+    import json
+
+    from lutra.policy.tiny import build_tiny
+
+    cfg, bench = _small_build(tmp_path, model_cfg, warm_start_target_ex=100.0)
+    seen = []
+    build_tiny(cfg, bench, tmp_path / "m", on_check=lambda step, ex, model: seen.append((step, ex, model.training)))
+    build = json.loads((tmp_path / "m" / "lutra_build.json").read_text())
+    assert build["steps"] == len(build["loss_curve"]) == 12
+    # steps 4 and 8 while training, then the finished model (step 12) once
+    assert [c["step"] for c in build["checks"]] == [s for s, _, _ in seen] == [4, 8, 12]
+    assert all(0.0 <= c["ex"] < 100.0 for c in build["checks"])
+
+
+def test_warm_start_stops_at_the_first_check_that_reaches_the_target(tmp_path, model_cfg, monkeypatch):
+    import json
+
+    from lutra.policy import tiny
+
+    levels = iter([10.0, 55.0, 90.0])
+    monkeypatch.setattr(tiny, "greedy_ex", lambda *a, **k: next(levels))  # the trajectory is the point here
+    cfg, bench = _small_build(tmp_path, model_cfg, warm_start_target_ex=50.0)
+    tiny.build_tiny(cfg, bench, tmp_path / "m")
+    build = json.loads((tmp_path / "m" / "lutra_build.json").read_text())
+    assert build["checks"] == [{"step": 4, "ex": 10.0}, {"step": 8, "ex": 55.0}]
+    assert build["steps"] == len(build["loss_curve"]) == 8  # the 8 steps before the check that reached it
+
+
+def test_warm_start_target_is_validated():
+    from lutra.config import ConfigError, TinyModelConfig
+
+    for bad in (0.0, 120.0):
+        with pytest.raises(ConfigError, match="model.tiny.warm_start_target_ex"):
+            TinyModelConfig(warm_start_target_ex=bad)
+    with pytest.raises(ConfigError, match="model.tiny.warm_start_check_every"):
+        TinyModelConfig(warm_start_check_every=0)

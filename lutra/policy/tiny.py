@@ -200,8 +200,25 @@ def lm_loss(model, batch: dict, pad_id: int, program_weight: float = 1.0) -> tor
     return (total + (nll * weight[valid]).sum()) / (count + weight[valid].sum())
 
 
-def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 0) -> dict:
-    """Supervised training of all weights on (prompt, gold) pairs; returns loss statistics."""
+def greedy_ex(model, tok, model_cfg, bench_cfg, problems: list) -> float:
+    """Greedy execution accuracy (%) of `model` on `problems`, float32, as the loop's evaluation decodes."""
+    from lutra.execution import judge
+    from lutra.policy.sampling import generate
+
+    prompts = [format_prompt(tok, benchmarks.user_message(bench_cfg, p), model_cfg) for p in problems]
+    outs = generate(model, tok, prompts, n=1, temperature=0.0, max_new_tokens=model_cfg.max_completion_len,
+                    progress=False, desc="warm-start check")
+    verdicts = judge([(p, o[0]) for p, o in zip(problems, outs, strict=True)], bench_cfg, progress=False)
+    return 100.0 * sum(bool(v.correct) for v in verdicts) / max(1, len(problems))
+
+
+def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 0, check_problems: list = (),
+               on_check=None) -> dict:
+    """Supervised training of all weights on (prompt, gold) pairs; returns loss statistics.
+
+    With `tiny.warm_start_target_ex`, greedy EX on `check_problems` is measured every `warm_start_check_every`
+    steps from `warm_start_check_from` on, and training stops at the first check that reaches the target (the
+    lr schedule stays the one of `warm_start_steps`). `on_check(step, ex, model)` sees every check."""
     t = model_cfg.tiny
     records = []
     for p in problems:
@@ -222,8 +239,21 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
     batches = iter(())
     bar = tqdm(range(steps), desc="warm start", leave=False)
     exact = float64_llama(model) if dtype == "float64" else contextlib.nullcontext()
+    checks: list[dict] = []
+    check = t.warm_start_target_ex is not None and len(check_problems) > 0
     with exact:
-        for _ in bar:
+        for step in bar:
+            due = step >= t.warm_start_check_from and (step - t.warm_start_check_from) % t.warm_start_check_every == 0
+            if check and due:
+                ex = greedy_ex(model, tok, model_cfg, bench_cfg, check_problems)
+                model.train()
+                checks.append({"step": step, "ex": round(ex, 2)})
+                log.info("warm start: step %d, greedy EX %.1f%% on %d train problems (target %.1f%%)",
+                         step, ex, len(check_problems), t.warm_start_target_ex)
+                if on_check is not None:
+                    on_check(step, ex, model)
+                if ex >= t.warm_start_target_ex:
+                    break
             idx = next(batches, None)
             if idx is None:
                 batches = iter(sampler)
@@ -239,7 +269,14 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
             losses.append(loss.item())
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
-    return {"examples": len(records), "steps": steps, "first_loss": losses[0] if losses else None,
+    if check and (not checks or checks[-1]["ex"] < t.warm_start_target_ex):
+        ex = greedy_ex(model, tok, model_cfg, bench_cfg, check_problems)
+        checks.append({"step": len(losses), "ex": round(ex, 2)})
+        log.info("warm start: all %d steps, greedy EX %.1f%% (target %.1f%% not reached)", len(losses), ex,
+                 t.warm_start_target_ex)
+        if on_check is not None:
+            on_check(len(losses), ex, model)
+    return {"examples": len(records), "steps": len(losses), "checks": checks, "first_loss": losses[0] if losses else None,
             "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "loss_curve": losses}
 
 
@@ -254,7 +291,7 @@ def weights_sha256(model) -> str:
     return h.hexdigest()
 
 
-def build_tiny(model_cfg, bench_cfg, out_dir: Path) -> None:
+def build_tiny(model_cfg, bench_cfg, out_dir: Path, *, on_check=None) -> None:
     # start-up: only a build needs the model classes
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -283,7 +320,9 @@ def build_tiny(model_cfg, bench_cfg, out_dir: Path) -> None:
         model = LlamaForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
-    stats = warm_start(model, tok, model_cfg, bench_cfg, warmup, seed=seed)
+    check_problems = random.Random(seed).sample(train, min(len(train), t.warm_start_check_problems))
+    stats = warm_start(model, tok, model_cfg, bench_cfg, warmup, seed=seed, check_problems=check_problems,
+                       on_check=on_check)
     model.to(torch.float32)
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                pad_token_id=tok.pad_token_id, do_sample=False)

@@ -79,7 +79,10 @@ class _Generator:
 
 _GENERATORS: dict[tuple, _Generator] = {}
 OPTIONS = {"n_train_pool": N_TRAIN_POOL, "n_eval_pool": N_EVAL_POOL, "n_held_out_pool": N_HELD_OUT_POOL,
-           "rare_templates": sorted(RARE_TEMPLATES)}
+           "rare_templates": sorted(RARE_TEMPLATES), "templates": None}
+"""benchmark.options of mini_sql and their defaults. templates: only these templates' problems in every split
+(null: all), e.g. a few easy ones for a smoke run whose short warm start must solve some; generation is the
+same, so the problems kept are the full benchmark's."""
 
 
 def _generator(cfg) -> _Generator:
@@ -105,15 +108,25 @@ def load(cfg, split: str) -> list[Problem]:
     if split not in SPLITS:
         raise BenchmarkError(f"mini_sql: unknown split {split!r}; choose one of {sorted(SPLITS)}")
     problems = list(_generator(cfg).split(split))
-    rare = (cfg.options or {}).get("rare_templates")
+    keep = _template_names(cfg, "templates")
+    if keep is not None:
+        problems = [p for p in problems if p.meta["template"] in keep]
+    rare = _template_names(cfg, "rare_templates")
     if rare is None:
         return problems
-    names = {t.name for t in TEMPLATES}
-    if isinstance(rare, str) or not all(isinstance(r, str) and r in names for r in rare):
-        raise BenchmarkError(f"benchmark.options.rare_templates: a list of template names from {sorted(names)}, "
-                             f"got {rare!r}")
-    rare = set(rare)
     return [dataclasses.replace(p, meta={**p.meta, "rare": p.meta["template"] in rare}) for p in problems]
+
+
+def _template_names(cfg, option: str) -> set[str] | None:
+    names = (cfg.options or {}).get(option)
+    if names is None:
+        return None
+    known = {t.name for t in TEMPLATES}
+    if isinstance(names, str) or not all(isinstance(r, str) and r in known for r in names) or \
+            (option == "templates" and not names):
+        raise BenchmarkError(f"benchmark.options.{option}: a list of template names from {sorted(known)}, "
+                             f"got {names!r}")
+    return set(names)
 
 
 def user_message(problem: Problem) -> str:
