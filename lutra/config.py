@@ -117,7 +117,7 @@ class TinyModelConfig:
     warm_start_check_every: int = 50
     """Steps between two checks of the base's greedy EX (with warm_start_target_ex)."""
     warm_start_check_from: int = 200
-    """First step checked."""
+    """First step checked; a warm start shorter than this is never checked."""
     warm_start_check_problems: int = 200
     """Train problems (a seeded sample) decoded greedily at each check; the eval split is never looked at."""
 

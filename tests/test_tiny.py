@@ -206,6 +206,22 @@ def test_warm_start_stops_at_the_first_check_that_reaches_the_target(tmp_path, m
     assert build["steps"] == len(build["loss_curve"]) == 8  # the 8 steps before the check that reached it
 
 
+def test_a_warm_start_shorter_than_check_from_is_never_checked(tmp_path, model_cfg, monkeypatch):
+    import json
+
+    from lutra.policy import tiny
+
+    def never(*a, **k):
+        raise AssertionError("checked a build shorter than warm_start_check_from")
+
+    monkeypatch.setattr(tiny, "greedy_ex", never)
+    cfg, bench = _small_build(tmp_path, model_cfg, warm_start_target_ex=50.0)
+    cfg.tiny.warm_start_check_from = 20  # past the 12 steps
+    tiny.build_tiny(cfg, bench, tmp_path / "m")
+    build = json.loads((tmp_path / "m" / "lutra_build.json").read_text())
+    assert build["checks"] == [] and build["steps"] == 12
+
+
 def test_warm_start_target_is_validated():
     from lutra.config import ConfigError, TinyModelConfig
 
