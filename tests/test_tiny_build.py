@@ -1,6 +1,6 @@
 """The default base, built under two SIMD kernel paths, lands in the round-0 EX range the README documents.
 
-A warm start of 600 steps amplifies rounding differences, and float32 rounding differs between ATen's kernel
+A warm start of up to 600 steps amplifies rounding differences, and float32 rounding differs between ATen's kernel
 paths (`ATEN_CPU_CAPABILITY`), MKL's and oneDNN's instruction sets: another CPU builds another base. Running this
 CPU under its own path and under the generic one is the closest this machine gets to a second machine; the README
 says what to expect on one, and this test holds it to that. Slow: two full builds plus their round-0 evaluation
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-ROUND0_EX = (40.0, 70.0)
-"""Round-0 EX (%) the README documents for the default base: 45.8 (this CPU, bf16 warm start), 64.0 (an EPYC
-without AVX-512, float32 warm start, issue 17), with room for the spread between bases."""
+ROUND0_EX = (38.0, 55.0)
+"""Round-0 EX (%) the README documents for the default base, whose warm start stops at 40% greedy EX on 200 train
+problems: 45.6 / 44.6 / 45.2 on the avx512 / avx2 / default paths (issue 17), with room for the check's coarseness
+(a 50-step check can land 10-25 points past the target where EX climbs fastest) and the check set's sampling error."""
 SIMD_ENV = {
     # the generic path: ATen's scalar kernels, MKL and oneDNN at their oldest SIMD level, as on a CPU without AVX
     "default": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
