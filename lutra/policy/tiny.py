@@ -241,19 +241,24 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
     exact = float64_llama(model) if dtype == "float64" else contextlib.nullcontext()
     checks: list[dict] = []
     check = t.warm_start_target_ex is not None and len(check_problems) > 0
+
+    def reached(step: int) -> bool:
+        """Check the model after `step` steps; True when it reaches the target."""
+        ex = greedy_ex(model, tok, model_cfg, bench_cfg, check_problems)
+        checks.append({"step": step, "ex": round(ex, 2)})
+        log.info("warm start: step %d, greedy EX %.1f%% on %d train problems (target %.1f%%)",
+                 step, ex, len(check_problems), t.warm_start_target_ex)
+        if on_check is not None:
+            on_check(step, ex, model)
+        return ex >= t.warm_start_target_ex
+
     with exact:
         for step in bar:
             due = step >= t.warm_start_check_from and (step - t.warm_start_check_from) % t.warm_start_check_every == 0
             if check and due:
-                ex = greedy_ex(model, tok, model_cfg, bench_cfg, check_problems)
-                model.train()
-                checks.append({"step": step, "ex": round(ex, 2)})
-                log.info("warm start: step %d, greedy EX %.1f%% on %d train problems (target %.1f%%)",
-                         step, ex, len(check_problems), t.warm_start_target_ex)
-                if on_check is not None:
-                    on_check(step, ex, model)
-                if ex >= t.warm_start_target_ex:
+                if reached(step):
                     break
+                model.train()
             idx = next(batches, None)
             if idx is None:
                 batches = iter(sampler)
@@ -271,12 +276,8 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
     model.eval()
     # a build shorter than warm_start_check_from is never checked (the tests' small builds)
     if check and len(losses) >= t.warm_start_check_from and (not checks or checks[-1]["ex"] < t.warm_start_target_ex):
-        ex = greedy_ex(model, tok, model_cfg, bench_cfg, check_problems)
-        checks.append({"step": len(losses), "ex": round(ex, 2)})
-        log.info("warm start: all %d steps, greedy EX %.1f%% (target %.1f%% not reached)", len(losses), ex,
-                 t.warm_start_target_ex)
-        if on_check is not None:
-            on_check(len(losses), ex, model)
+        if not reached(len(losses)):
+            log.info("warm start: all %d steps, target %.1f%% not reached", len(losses), t.warm_start_target_ex)
     return {"examples": len(records), "steps": len(losses), "checks": checks, "first_loss": losses[0] if losses else None,
             "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "loss_curve": losses}
 

@@ -108,7 +108,7 @@ def load(cfg, split: str) -> list[Problem]:
     if split not in SPLITS:
         raise BenchmarkError(f"mini_sql: unknown split {split!r}; choose one of {sorted(SPLITS)}")
     problems = list(_generator(cfg).split(split))
-    keep = _template_names(cfg, "templates")
+    keep = _template_names(cfg, "templates", nonempty=True)
     if keep is not None:
         problems = [p for p in problems if p.meta["template"] in keep]
     rare = _template_names(cfg, "rare_templates")
@@ -117,13 +117,12 @@ def load(cfg, split: str) -> list[Problem]:
     return [dataclasses.replace(p, meta={**p.meta, "rare": p.meta["template"] in rare}) for p in problems]
 
 
-def _template_names(cfg, option: str) -> set[str] | None:
+def _template_names(cfg, option: str, *, nonempty: bool = False) -> set[str] | None:
     names = (cfg.options or {}).get(option)
     if names is None:
         return None
     known = {t.name for t in TEMPLATES}
-    if isinstance(names, str) or not all(isinstance(r, str) and r in known for r in names) or \
-            (option == "templates" and not names):
+    if isinstance(names, str) or not all(isinstance(r, str) and r in known for r in names) or (nonempty and not names):
         raise BenchmarkError(f"benchmark.options.{option}: a list of template names from {sorted(known)}, "
                              f"got {names!r}")
     return set(names)
