@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-ROUND0_EX = (38.0, 55.0)
-"""Round-0 EX (%) the README documents for the default base, whose warm start stops at 40% greedy EX on 200 train
-problems: 45.6 / 44.6 / 45.2 on the avx512 / avx2 / default paths (issue 17), with room for the check's coarseness
-(a 50-step check can land 10-25 points past the target where EX climbs fastest) and the check set's sampling error."""
+ROUND0_EX = (35.0, 55.0)
+"""Round-0 EX (%) the README documents for the default base, whose warm start stops at 38% greedy EX on 200 train
+problems: 38.4 / 44.6 / 45.2 on the avx512 / avx2 / default paths (issue 17), with room for the check's coarseness
+(a 50-step check can land 10-25 points past the target where EX climbs fastest) and the check set's sampling error
+(train check 39.0% gave eval 38.4% on the avx512 path, 42.5% gave 44.6% on avx2)."""
 SIMD_ENV = {
     # the generic path: ATen's scalar kernels, MKL and oneDNN at their oldest SIMD level, as on a CPU without AVX
     "default": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
