@@ -45,6 +45,7 @@ class EvaluateConfig:
     split: str | None = None
     """Split to evaluate; null: benchmark.eval_split."""
     seed: int = 0
+    """Accepted so that `seed=` overrides shared with lutra.train compose; greedy decoding draws no random numbers."""
     batch_size: int = 16
     """Prompts per greedy decoding batch."""
     max_new_tokens: int | None = None
@@ -78,10 +79,9 @@ def generate_predictions(problems: list[Problem], cfg: EvaluateConfig) -> tuple[
     if skipped:
         log.warning("%d prompts longer than model.max_prompt_len=%d are scored wrong", len(skipped),
                     cfg.model.max_prompt_len)
-    outs = sampling.generate(model, tok, texts, n=1, temperature=0.0, top_p=1.0,
-                             max_new_tokens=cfg.max_new_tokens or cfg.model.max_completion_len,
-                             batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress, desc="eval")
-    return {i: o[0] for i, o in zip(ids, outs, strict=True)}, skipped
+    outs = sampling.greedy(model, tok, texts, max_new_tokens=cfg.max_new_tokens or cfg.model.max_completion_len,
+                           batch_size=cfg.batch_size, progress=cfg.progress, desc="eval")
+    return dict(zip(ids, outs, strict=True)), skipped
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from lutra.policy.device import setup_torch
 from lutra.policy.logprobs import reference_logps
 from lutra.policy.models import policy_at, record_base, resolve_path
 from lutra.policy.prompts import format_prompt
-from lutra.policy.sampling import generate
+from lutra.policy.sampling import generate, greedy
 from lutra.policy.tiny import ensure_tiny
 from lutra.run import Run
 from lutra.scoring import score_predictions
@@ -206,10 +206,9 @@ class Loop:
 
     def _score(self, k: int, problems: list, name: str, desc: str) -> dict:
         model, tok = self.policy(k)
-        preds = generate(model, tok, [self.prompt(p) for p in problems], n=1, temperature=0.0,
-                         max_new_tokens=self.cfg.model.max_completion_len, batch_size=self.cfg.method.eval_batch_size,
-                         desc=desc)
-        predictions = {p.id: t[0] for p, t in zip(problems, preds)}
+        preds = greedy(model, tok, [self.prompt(p) for p in problems], max_new_tokens=self.cfg.model.max_completion_len,
+                       batch_size=self.cfg.method.eval_batch_size, desc=desc)
+        predictions = {p.id: t for p, t in zip(problems, preds, strict=True)}
         return score_predictions(problems, predictions, self.cfg.benchmark, self.run.round_dir(k) / name)
 
     def _replayed(self, k: int, current: list[dict]) -> list[dict]:

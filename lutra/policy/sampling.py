@@ -178,3 +178,12 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: f
     bar.close()
     model.train(was_training)
     return (texts, flags) if return_finished else texts
+
+
+def greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 32, progress: bool = True,
+           desc: str = "greedy") -> list[str]:
+    """One greedy completion per prompt: the decoding of every evaluation (the loop's rounds, `lutra.evaluate`,
+    the tiny warm start's checks). Greedy draws no random numbers, so no seed."""
+    outs = generate(model, tokenizer, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
+                    batch_size=batch_size, progress=progress, desc=desc)
+    return [o[0] for o in outs]

@@ -203,12 +203,12 @@ def lm_loss(model, batch: dict, pad_id: int, program_weight: float = 1.0) -> tor
 def greedy_ex(model, tok, model_cfg, bench_cfg, problems: list) -> float:
     """Greedy execution accuracy (%) of `model` on `problems`, float32, as the loop's evaluation decodes."""
     from lutra.execution import judge
-    from lutra.policy.sampling import generate
+    from lutra.policy.sampling import greedy
 
     prompts = [format_prompt(tok, benchmarks.user_message(bench_cfg, p), model_cfg) for p in problems]
-    outs = generate(model, tok, prompts, n=1, temperature=0.0, max_new_tokens=model_cfg.max_completion_len,
-                    progress=False, desc="warm-start check")
-    verdicts = judge([(p, o[0]) for p, o in zip(problems, outs, strict=True)], bench_cfg, progress=False)
+    outs = greedy(model, tok, prompts, max_new_tokens=model_cfg.max_completion_len, progress=False,
+                  desc="warm-start check")
+    verdicts = judge(list(zip(problems, outs, strict=True)), bench_cfg, progress=False)
     return 100.0 * sum(bool(v.correct) for v in verdicts) / max(1, len(problems))
 
 
