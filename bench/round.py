@@ -41,10 +41,11 @@ def default_model() -> str | None:
     return best[1] if best else None
 
 
-# `python -m lutra.train` with a variant applied to the loop's generate first (bench.common: merged_generate =
-# sample/evaluate on a LoRA-merged copy; concat_cache_generate = the KV cache concatenated per step, as before the fix)
+# `python -m lutra.train` with a variant applied to the loop's generate (sampling) and greedy (evaluation) first
+# (bench.common: merged_generate = sample/evaluate on a LoRA-merged copy; concat_cache_generate = the KV cache
+# concatenated per step, as before the fix)
 PATCHED = ("import runpy, sys; sys.path.insert(0, {root!r}); import lutra.loop as L; from bench import common; "
-           "L.generate = common.{patch}(L.generate); sys.argv[0] = 'lutra.train'; "
+           "L.generate = common.{patch}(L.generate); L.greedy = common.{patch}(L.greedy); sys.argv[0] = 'lutra.train'; "
            "runpy.run_module('lutra.train', run_name='__main__', alter_sys=True)")
 
 
