@@ -53,6 +53,8 @@ def test_the_default_base_lands_in_the_documented_round0_range_under_two_kernel_
     for path, (ex, build) in results.items():
         assert ROUND0_EX[0] <= ex <= ROUND0_EX[1], (path, ex, build["weights_sha256"])
         assert build["cpu_capability"].lower() == ("default" if path == "default" else path)
+        # the default recipe is a documented one: the build compares its digest and says whether it is that base
+        assert build["documented_base"]["status"] in ("match", "differs"), build["documented_base"]
     (ex_a, a), (ex_b, b) = results.values()
     if a["warm_start_dtype"] == "float64":  # float64 keeps the paths' rounding differences from growing
         assert a["weights_sha256"] == b["weights_sha256"], (ex_a, ex_b)

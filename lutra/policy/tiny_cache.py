@@ -16,9 +16,9 @@ def tiny_seed(tiny_cfg, bench_cfg) -> int:
     return bench_cfg.subsample_seed if tiny_cfg.warm_start_seed is None else tiny_cfg.warm_start_seed
 
 
-def tiny_dir(model_cfg, bench_cfg) -> Path:
+def _key(model_cfg, bench_cfg) -> dict:
     bench_module = importlib.import_module(f"lutra.benchmarks.{bench_cfg.name}")
-    key = {
+    return {
         "v": TINY_VERSION,
         "bench_version": getattr(bench_module, "GENERATOR_VERSION", None),
         # null warm_start_seed is the benchmark's seed: the same base, so the same key
@@ -31,6 +31,17 @@ def tiny_dir(model_cfg, bench_cfg) -> Path:
         "rare": sorted(getattr(bench_module, "RARE_TEMPLATES", ())),  # the default set lives in code, not config
         "max_completion_len": model_cfg.max_completion_len,
     }
-    root = Path(os.environ.get("LUTRA_MODELS", "outputs/models"))
-    return root / f"tiny-{bench_cfg.name}-{fingerprint(key, 12)}"
 
+
+def tiny_dir(model_cfg, bench_cfg) -> Path:
+    root = Path(os.environ.get("LUTRA_MODELS", "outputs/models"))
+    return root / f"tiny-{bench_cfg.name}-{fingerprint(_key(model_cfg, bench_cfg), 12)}"
+
+
+def recipe_fingerprint(model_cfg, bench_cfg, dtype: str) -> str:
+    """The build's recipe with the warm start's arithmetic as resolved (`auto` -> bfloat16 or float32): what
+    `lutra.policy.tiny_bases` records a documented base under. Equal recipes on another CPU may still build
+    another base; unequal ones always do."""
+    key = _key(model_cfg, bench_cfg)
+    key["tiny"] = key["tiny"] | {"warm_start_dtype": dtype}
+    return fingerprint(key, 12)

@@ -1,0 +1,70 @@
+"""The documented tiny bases: their records stay the default recipe's, and a build says whether it is one of them."""
+
+import dataclasses
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from lutra.config import register_configs, to_object
+from lutra.policy.tiny_bases import BASES, compare, expected_spread
+from lutra.policy.tiny_cache import recipe_fingerprint
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+register_configs()
+
+
+def _default_cfg(overrides=()):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.run_dir = "/tmp/lutra-test-run"
+        del cfg["hydra"]
+    return to_object(cfg)
+
+
+def test_every_record_is_the_default_recipe():
+    cfg = _default_cfg()
+    for b in BASES:
+        got = recipe_fingerprint(cfg.model, cfg.benchmark, b.warm_start_dtype)
+        assert got == b.recipe, (
+            f"the default tiny recipe changed ({b.name}: recorded {b.recipe}, now {got}): rebuild the bases, measure "
+            "the loop on them and record them again in lutra/policy/tiny_bases.py (and the README's Results)")
+    # `auto` resolves per CPU, so the recipe follows the arithmetic, not the config's spelling
+    assert recipe_fingerprint(cfg.model, cfg.benchmark, "float32") == recipe_fingerprint(
+        _default_cfg(["model.tiny.warm_start_dtype=float32"]).model, cfg.benchmark, "float32")
+
+
+def test_an_override_makes_the_recipe_undocumented():
+    cfg = _default_cfg(["model.tiny.warm_start_seed=1"])
+    recipe = recipe_fingerprint(cfg.model, cfg.benchmark, "bfloat16")
+    assert recipe not in {b.recipe for b in BASES}
+    got = compare({"weights_sha256": BASES[0].weights_sha256}, recipe)
+    assert got["status"] == "undocumented" and got["name"] is None  # even with a recorded digest: not that recipe
+
+
+def test_a_recorded_digest_matches_and_names_its_numbers():
+    b = BASES[1]
+    got = compare({"weights_sha256": b.weights_sha256, "cpu_capability": "AVX2", "warm_start_dtype": "float32",
+                   "torch": b.torch}, b.recipe)
+    assert got["status"] == "match" and got["name"] == b.name
+    assert f"round-0 EX {b.round0_ex}%" in got["message"] and "+8.9 +- 1.1" in got["message"]  # 10.2, 8.2, 8.4
+
+
+def test_another_digest_of_the_same_recipe_differs_and_says_what_to_expect():
+    b = BASES[0]
+    build = {"weights_sha256": "0" * 64, "cpu_capability": "AVX2", "warm_start_dtype": "bfloat16",
+             "torch": "2.11.0+cu128"}
+    got = compare(build, b.recipe)
+    assert got["status"] == "differs" and got["name"] is None
+    assert "AVX2 bfloat16 torch 2.11.0+cu128" in got["message"] and expected_spread() in got["message"]
+    # the spread is over every measured base: 9 runs on 3 recorded bases and 2 warm-start seeds
+    assert "+9.3 +- 2.0" in expected_spread() and "from +5.6 to +12.2 over 11 runs on 5" in expected_spread()
+
+
+def test_records_are_well_formed():
+    assert len({b.weights_sha256 for b in BASES}) == len(BASES)
+    for b in BASES:
+        assert len(b.weights_sha256) == 64 and int(b.weights_sha256, 16) >= 0
+        assert len(b.gains) == 3 and 35.0 <= b.round0_ex <= 55.0
+        assert dataclasses.asdict(b)["stop_step"] % 50 == 0
