@@ -39,7 +39,7 @@ def test_train_help_documents_keys_from_config_docstrings():
     assert "*codelutra" in text and "smoke" in text
     assert f"rounds=4 {field_docs(TrainConfig)['rounds']}" in text
     assert f"method.nll_weight=1.0 {field_docs(MethodConfig)['nll_weight']}" in text
-    assert "model.tiny.warm_start_steps=600" in text
+    assert "model.tiny.warm_start_steps=900" in text
 
 
 def test_help_follows_the_command_line_overrides():
