@@ -96,7 +96,8 @@ class TinyModelConfig:
     max_position_embeddings: int = 1024
     """Longest sequence (prompt + completion) the model is built for."""
     warm_start_steps: int = 800
-    """Supervised steps on the benchmark's warm-up problems (disjoint from train and eval)."""
+    """Supervised steps on the benchmark's warm-up problems (disjoint from train and eval): the length of the cosine
+    lr schedule; with warm_start_target_ex the warm start usually stops earlier, on the same schedule."""
     warm_start_batch_size: int = 32
     """Warm-up problems per warm-start step."""
     warm_start_lr: float = 2e-3
