@@ -34,10 +34,10 @@ BASES = (
     DocumentedBase("avx512 (AVX512-BF16 CPU), bf16 autocast", "4bfdab56f127",
                    "3ae60466e8bb894ba2c40b27c64a52b2e7a28bc0b94131970db2891bc6539d91", "2.13.0+cpu", "AVX512",
                    "bfloat16", 450, 41.6, (13.0, 12.8, 14.2)),
-    DocumentedBase("avx2 (simulated on the AVX512 CPU), float32", "4d78bee87c7d",
+    DocumentedBase("avx2 (simulated on the AVX512 CPU, 1 thread), float32", "4d78bee87c7d",
                    "67d7bfd2e21bd5e5e0b111f80561107fc6ea039cb4860849b79be10ec91561bb", "2.13.0+cpu", "AVX2",
                    "float32", 500, 45.4, (7.6, 9.0, 7.2)),
-    DocumentedBase("default / SSE4.2 (simulated on the AVX512 CPU), float32", "4d78bee87c7d",
+    DocumentedBase("default / SSE4.2 (simulated on the AVX512 CPU, 1 thread), float32", "4d78bee87c7d",
                    "47d4ceafbcb6195f73420398ed2f9dcdd032c66d3d385c12852574121e0fb58e", "2.13.0+cpu", "DEFAULT",
                    "float32", 550, 44.8, (10.2, 11.8, 10.6)),
 )
