@@ -1,26 +1,15 @@
 """The documented tiny bases: their records stay the default recipe's, and a build says whether it is one of them."""
 
-import dataclasses
-from pathlib import Path
+# tests/ is on sys.path (rootdir conftest): one way to compose the shipped configs, test_config's
+from test_config import _compose
 
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
-
-from lutra.config import register_configs, to_object
+from lutra.config import to_object
 from lutra.policy.tiny_bases import BASES, compare, expected_spread
 from lutra.policy.tiny_cache import recipe_fingerprint
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-register_configs()
-
 
 def _default_cfg(overrides=()):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.run_dir = "/tmp/lutra-test-run"
-        del cfg["hydra"]
-    return to_object(cfg)
+    return to_object(_compose(overrides))
 
 
 def test_every_record_is_the_default_recipe():
@@ -67,4 +56,4 @@ def test_records_are_well_formed():
     for b in BASES:
         assert len(b.weights_sha256) == 64 and int(b.weights_sha256, 16) >= 0
         assert len(b.gains) == 3 and 35.0 <= b.round0_ex <= 55.0
-        assert dataclasses.asdict(b)["stop_step"] % 50 == 0
+        assert b.stop_step % 50 == 0
