@@ -42,13 +42,23 @@ def test_a_recorded_digest_matches_and_names_its_numbers():
 
 def test_another_digest_of_the_same_recipe_differs_and_says_what_to_expect():
     b = BASES[0]
-    build = {"weights_sha256": "0" * 64, "cpu_capability": "AVX2", "warm_start_dtype": "bfloat16",
+    build = {"weights_sha256": "0" * 64, "cpu_capability": "AVX2", "warm_start_dtype": "bfloat16", "threads": 2,
              "torch": "2.11.0+cu128"}
     got = compare(build, b.recipe)
     assert got["status"] == "differs" and got["name"] is None
-    assert "AVX2 bfloat16 torch 2.11.0+cu128" in got["message"] and expected_spread() in got["message"]
-    # the spread is over every measured base: 9 runs on 3 recorded bases and 2 warm-start seeds
-    assert "+10.8 +- 2.6" in expected_spread() and "from +7.2 to +14.2 over 11 runs on 5" in expected_spread()
+    assert "AVX2 bfloat16 2 threads torch 2.11.0+cu128" in got["message"] and expected_spread() in got["message"]
+    assert "AVX512 bfloat16 1/2 threads torch 2.13.0+cpu" in got["message"]  # what was recorded, threads included
+    # the spread is over every measured base: 12 runs on 4 recorded bases and 2 warm-start seeds
+    assert "+13.5 +- 5.8" in expected_spread() and "from +7.2 to +23.8 over 14 runs on 6" in expected_spread()
+
+
+def test_a_float32_build_names_its_thread_count():
+    avx2 = [b for b in BASES if b.cpu_capability == "AVX2"]
+    assert sorted(b.threads for b in avx2) == [(1,), (2,)] and len({b.weights_sha256 for b in avx2}) == 2
+    got = compare({"weights_sha256": "f" * 64, "cpu_capability": "AVX2", "warm_start_dtype": "float32", "threads": 4,
+                   "torch": "2.13.0+cpu"}, avx2[0].recipe)
+    assert got["status"] == "differs" and "this build: AVX2 float32 4 threads torch 2.13.0+cpu" in got["message"]
+    assert "AVX2 float32 1 thread torch" in got["message"] and "AVX2 float32 2 threads torch" in got["message"]
 
 
 def test_records_are_well_formed():
@@ -57,3 +67,4 @@ def test_records_are_well_formed():
         assert len(b.weights_sha256) == 64 and int(b.weights_sha256, 16) >= 0
         assert len(b.gains) == 3 and 35.0 <= b.round0_ex <= 55.0
         assert b.stop_step % 50 == 0
+        assert b.threads and all(t >= 1 for t in b.threads)
