@@ -121,6 +121,9 @@ class TinyModelConfig:
     """First step checked; a warm start shorter than this is never checked."""
     warm_start_check_problems: int = 200
     """Train problems (a seeded sample) decoded greedily at each check; the eval split is never looked at."""
+    shipped: bool = True
+    """Load the base lutra ships for this recipe (lutra/bases/, sha256-checked) when there is one, instead of
+    building it; false: build it from the recipe (another CPU builds another base). Not part of the recipe."""
 
     def __post_init__(self) -> None:
         _check(self.hidden_size % self.num_heads == 0, "model.tiny.hidden_size", "must be divisible by num_heads")

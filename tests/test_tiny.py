@@ -190,8 +190,8 @@ def test_warm_start_checks_the_base_and_runs_on_when_the_target_is_not_reached(t
     # steps 4 and 8 while training, then the finished model (step 12) once
     assert [c["step"] for c in build["checks"]] == [s for s, _, _ in seen] == [4, 8, 12]
     assert all(0.0 <= c["ex"] < 100.0 for c in build["checks"])
-    # a small recipe is none of the documented bases, and the build says so rather than comparing digests
-    assert build["documented_base"]["status"] == "undocumented" and len(build["documented_base"]["recipe_fingerprint"]) == 12
+    # a small recipe has no shipped base, and the build says so rather than comparing digests
+    assert build["against_shipped"]["status"] == "unshipped" and len(build["recipe_fingerprint"]) == 12
 
 
 def test_warm_start_stops_at_the_first_check_that_reaches_the_target(tmp_path, model_cfg, monkeypatch):

@@ -25,6 +25,12 @@ def resolve_path(model_cfg, bench_cfg) -> str:
     `lutra.policy.tiny.ensure_tiny` builds (the loop, prepare and evaluate call it first): loading never trains.
     `model.gguf_file` resolves to its converted directory in the model cache, converted on first use."""
     if model_cfg.build == "tiny" and model_cfg.path is None:
+        from lutra.policy import shipped  # the recipe's shipped base when lutra has one, else its build
+
+        ship = shipped.find(model_cfg, bench_cfg)
+        if ship is not None:
+            shipped.verify(ship)
+            return str(ship)
         path = tiny_dir(model_cfg, bench_cfg)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"model=tiny: no built model at {path} (model.tiny and benchmark "

@@ -14,7 +14,8 @@ loads it), then saved and loaded like any hub model (`lutra.policy.models`).
    The benchmark's `rare` templates appear at `tiny.rare_templates_keep` times a common template's count, so
    the base is capable (SQL syntax, schema reading, value copying) but weak on some of the target task's own
    patterns: the paper's regime, where refinement has something to learn.
-The directory is written atomically; `lutra_build.json` records the recipe, data counts, the warm-start loss
+The recipe's default (and the smoke preset's) is not built at all: lutra ships that build (`lutra.policy.shipped`,
+lutra/bases/), since another CPU would build another base. The directory is written atomically; `lutra_build.json` records the recipe, data counts, the warm-start loss
 curve, its arithmetic and CPU path, and a digest of the weights (`weights_sha256`).
 """
 
@@ -36,8 +37,8 @@ from lutra.artifacts import atomic_dir, write_json
 from lutra.policy.device import fast_bf16
 from lutra.policy.logprobs import body_and_head, prefix_forward
 from lutra.policy.prompts import encode_completion, encode_prompt, format_prompt
-from lutra.policy.tiny_bases import compare
-from lutra.policy.tiny_cache import recipe_fingerprint, tiny_dir, tiny_seed
+from lutra.policy import shipped
+from lutra.policy.tiny_cache import cache_key, recipe_fingerprint, tiny_dir, tiny_seed
 from lutra.training.data import BucketSampler, bucket_key, collate
 
 log = logging.getLogger(__name__)
@@ -283,18 +284,20 @@ def warm_start(model, tok, model_cfg, bench_cfg, problems: list, *, seed: int = 
             "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "loss_curve": losses}
 
 
-def weights_sha256(model) -> str:
-    """A digest of the float32 weights: equal digests, equal models (the build's fingerprint of its result)."""
+def weights_sha256(model, rounded_to: torch.dtype | None = None) -> str:
+    """A digest of the float32 weights: equal digests, equal models (the build's fingerprint of its result).
+    `rounded_to`: of the weights as saved in that dtype and loaded back (the model itself is left as it is)."""
     import hashlib
 
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach() if rounded_to is None else tensor.detach().to(rounded_to)
         h.update(name.encode())
-        h.update(tensor.detach().float().contiguous().numpy().tobytes())
+        h.update(t.float().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
-def build_tiny(model_cfg, bench_cfg, out_dir: Path, *, on_check=None) -> None:
+def build_tiny(model_cfg, bench_cfg, out_dir: Path, *, on_check=None) -> dict:
     # start-up: only a build needs the model classes
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -330,11 +333,14 @@ def build_tiny(model_cfg, bench_cfg, out_dir: Path, *, on_check=None) -> None:
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                pad_token_id=tok.pad_token_id, do_sample=False)
     # what another machine's build is compared by: equal digests, the same base
+    key = cache_key(model_cfg, bench_cfg)
     result = {"warm_start_dtype": dtype, "warm_start_seed": seed, "weights_sha256": weights_sha256(model),
+              # what a base shipped in bf16 is compared by
+              "weights_sha256_bfloat16": weights_sha256(model, rounded_to=torch.bfloat16),
               "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "threads": torch.get_num_threads()}
-    recipe = recipe_fingerprint(model_cfg, bench_cfg, dtype)
-    documented = {"recipe_fingerprint": recipe, **compare(result, recipe)}
+              "threads": torch.get_num_threads(), "cache_key": key,
+              "recipe_fingerprint": recipe_fingerprint(model_cfg, bench_cfg, dtype)}
+    against_shipped = shipped.compare(result, key)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -342,19 +348,43 @@ def build_tiny(model_cfg, bench_cfg, out_dir: Path, *, on_check=None) -> None:
             "recipe": "tiny", "benchmark": bench_cfg.name, "parameters": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(tok), "warmup_problems": len(warmup),
             "warmup_rare": sum(bool(p.meta.get("rare")) for p in warmup), "seconds": round(time.time() - t0, 1),
-            **result, "documented_base": documented, **stats,
+            **result, "against_shipped": against_shipped, **stats,
         })
     log.info("tiny model built in %.0f s (%s)", time.time() - t0, {k: v for k, v in stats.items() if k != "loss_curve"})
-    # a differing base is the expected case on another CPU type, not an error: say what to expect instead
-    (log.warning if documented["status"] == "differs" else log.info)("tiny base: %s", documented["message"])
+    # a differing rebuild is the expected case on another CPU type, not an error: say what it means instead
+    (log.warning if against_shipped["status"] == "differs" else log.info)("tiny base: %s", against_shipped["message"])
+    return against_shipped
 
 
 def ensure_tiny(cfg) -> Path | None:
-    """Build `model=tiny` for `cfg.benchmark` unless its cache directory holds it already; returns that directory
-    (None for any other model). The one place a base model is trained: loading (`lutra.policy.models`) only reads."""
+    """The directory `model=tiny` loads from (None for any other model): the base lutra ships for this recipe
+    (lutra/bases/, its sha256 checked; nothing is built), else a build cached under outputs/models/, built here
+    when absent. The one place a base model is trained: loading (`lutra.policy.models`) only reads."""
     if cfg.model.build != "tiny" or cfg.model.path is not None:
         return None
+    ship = shipped.find(cfg.model, cfg.benchmark)
+    if ship is not None:
+        shipped.verify(ship)
+        log.info("tiny base: the shipped base %s (sha256 checked; nothing to build)", ship.name)
+        return ship
     path = tiny_dir(cfg.model, cfg.benchmark)
     if not (path / "config.json").exists():
         build_tiny(cfg.model, cfg.benchmark, path)
     return path
+
+
+def rebuild(model_cfg, bench_cfg, *, force: bool = False) -> dict:
+    """Build the recipe into its cache directory (kept when built already, unless `force`) and compare the result
+    with the shipped base of the same recipe: {"path", "status", "shipped", "message"} (`shipped.compare`)."""
+    import shutil
+
+    from lutra.artifacts import read_json
+
+    path = tiny_dir(model_cfg, bench_cfg)
+    if force and path.exists():
+        shutil.rmtree(path)
+    if (path / "config.json").exists():
+        verdict = shipped.compare(read_json(path / "lutra_build.json"), cache_key(model_cfg, bench_cfg))
+    else:
+        verdict = build_tiny(model_cfg, bench_cfg, path)
+    return {"path": str(path), **verdict}

@@ -22,7 +22,8 @@ def _key(model_cfg, bench_cfg) -> dict:
         "v": TINY_VERSION,
         "bench_version": getattr(bench_module, "GENERATOR_VERSION", None),
         # null warm_start_seed is the benchmark's seed: the same base, so the same key
-        "tiny": {k: getattr(model_cfg.tiny, k) for k in vars(model_cfg.tiny)}
+        # `shipped` picks where the base comes from (lutra/bases/ or a build), not what the recipe builds
+        "tiny": {k: getattr(model_cfg.tiny, k) for k in vars(model_cfg.tiny) if k != "shipped"}
         | {"warm_start_seed": tiny_seed(model_cfg.tiny, bench_cfg)},
         "bench": bench_cfg.name,
         "seed": bench_cfg.subsample_seed,
@@ -33,14 +34,19 @@ def _key(model_cfg, bench_cfg) -> dict:
     }
 
 
+def cache_key(model_cfg, bench_cfg) -> str:
+    """The recipe's key: a build is cached under it, and a shipped base (lutra.policy.shipped) is found by it."""
+    return fingerprint(_key(model_cfg, bench_cfg), 12)
+
+
 def tiny_dir(model_cfg, bench_cfg) -> Path:
     root = Path(os.environ.get("LUTRA_MODELS", "outputs/models"))
-    return root / f"tiny-{bench_cfg.name}-{fingerprint(_key(model_cfg, bench_cfg), 12)}"
+    return root / f"tiny-{bench_cfg.name}-{cache_key(model_cfg, bench_cfg)}"
 
 
 def recipe_fingerprint(model_cfg, bench_cfg, dtype: str) -> str:
     """The build's recipe with the warm start's arithmetic as resolved (`auto` -> bfloat16 or float32): what
-    `lutra.policy.tiny_bases` records a documented base under. Equal recipes on another CPU may still build
+    a build records (and `lutra.policy.shipped` reports) next to its cache key. Equal recipes on another CPU may still build
     another base; unequal ones always do."""
     key = _key(model_cfg, bench_cfg)
     key["tiny"] = key["tiny"] | {"warm_start_dtype": dtype}
