@@ -70,7 +70,6 @@ def test_smoke_round_learns_from_its_own_samples(smoke):
 
 
 def test_smoke_loads_the_shipped_base_and_builds_nothing(smoke):
-    from lutra.policy.shipped import BASES_DIR
 
     assert "the shipped base mini_sql-tiny-smoke" in smoke["out"]
     assert not smoke["models"].exists() or not any(smoke["models"].iterdir()), "a model was built"

@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 
 from lutra import benchmarks
 from lutra.artifacts import atomic_dir, write_json
+from lutra.policy import shipped
 from lutra.policy.device import fast_bf16
 from lutra.policy.logprobs import body_and_head, prefix_forward
 from lutra.policy.prompts import encode_completion, encode_prompt, format_prompt
-from lutra.policy import shipped
 from lutra.policy.tiny_cache import cache_key, recipe_fingerprint, tiny_dir, tiny_seed
 from lutra.training.data import BucketSampler, bucket_key, collate
 
