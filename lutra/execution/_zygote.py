@@ -6,7 +6,8 @@ It imports the data-science stack once (thread variables pinned to 1, Agg backen
    message and then runs untrusted code, talking only over its socket and answering only in bytes (JSON or
    lutra's safe codec; the zygote and the trusted checker never unpickle what it sends);
 2. for a DS-1000 record it forks a *trusted* child (the checker) that runs `code_context`, builds each test
-   case, sends the inputs to the spare, decodes the spare's result and calls `exec_test` itself;
+   case, sends the inputs to the spare, decodes the spare's result and calls `exec_test` itself (it loads the
+   same syscall filter as the spare before it runs the record's code);
 3. at the deadline it kills the checker and the spare; afterwards it kills every process left in its PID
    namespace (`kill(-1)`, only when it is PID 1) or, without a namespace, the spare's process group and any
    orphan reparented to it (it is a child subreaper), removes the task dir and forks the next spare.
@@ -24,7 +25,7 @@ import tempfile
 import time
 from multiprocessing.connection import Connection
 
-from lutra.execution import _codec, _ds1000_check, _isolate, sandbox  # noqa: F401 - _codec: preloaded
+from lutra.execution import _codec, _ds1000_check, _isolate, _seccomp, sandbox  # noqa: F401 - _codec: preloaded
 from lutra.execution._spare import Spare
 
 TAIL = 4096
@@ -186,6 +187,12 @@ class Zygote:
             try:
                 os.setsid()
                 os.close(r)
+                if sandbox.SECCOMP:  # it runs the record's code_context, as the zygote's user (root, as root)
+                    try:
+                        _seccomp.install()
+                    except OSError as e:
+                        os.write(w, json.dumps({"status": "error", "passed": False, "error": f"seccomp: {e}"}).encode())
+                        raise
                 _ds1000_check.trusted(spare.conn, task, w)
             finally:
                 os._exit(0)
@@ -219,6 +226,9 @@ def main(argv: list[str]) -> None:
     rfd, wfd = int(argv[5]), int(argv[6])
     sandbox.EXTRA_READ[:] = extra["read"]
     sandbox.EXTRA_ENV.update(extra["env"])
+    sandbox.SECCOMP = bool(extra.get("seccomp"))
+    if sandbox.SECCOMP:
+        _seccomp.prepare()  # built once here; each spare and checker only loads it
     os.environ.update(extra["env"])  # the checker's dataset loads see the same caches
     if isolation == "mount_namespace":
         _isolate.private_tmp()  # before any import caches something in /tmp

@@ -21,19 +21,19 @@ row of reliability.md 5.3):
   true, poisoning the oracle, or exiting 0 cannot make a wrong answer pass. Results that cannot be
   represented are wrong. Test inputs travel the other way as codec bytes when those rebuild them
   faithfully (fresh constructions, as in the official harness), else as pickle (trusted -> solution only).
-- The documented exception: records whose expected answer cannot be represented faithfully (Matplotlib
-  figures checked through `plt.gca()`, ans.png, sklearn/scipy objects...) run the official harness in the
-  solution's process with tamper detection: identities of the comparison functions before and after, the
-  hash of `ans.png` before each `exec_test`, a nonce-carrying report after the checks, and the `result` handed
-  to `exec_test` must be plain data or objects of unmodified library classes (`_ds1000_check.plain`: a class of
-  the solution's, a subclass, an attribute holding an always-equal object, a patched method -> `tamper`). That
-  stops learned or accidental tampering (counted), not a determined attacker in the same process.
+- No same-process path: every DS-1000 verdict is computed in the checker from data that crossed the codec. The
+  codec rebuilds allow-listed library objects (scipy.sparse matrices, fitted estimators, scipy results, whole
+  Matplotlib figures) as real objects in the checker, where the record's `exec_test` runs unchanged; `ans.png`
+  is drawn by the checker and never sent, the solution's `output.png` comes back as bytes. A record whose expected
+  answer cannot cross is `unverifiable` (correct=None: excluded from pairs and, with exclude_broken_gold, from EX),
+  never judged where the solution ran (docs/ds1000.md).
 - environment errors: a record that fails because a DS-1000 library is missing (or a dataset it downloads
   is not cached) is `env_error` with correct=None, never a rejected sample.
 
-What it does not protect against: kernel exploits; reading world-readable system files (inside the private
-root, read-only); without a PID namespace, a daemon that leaves its session can outlive the task; a determined
-attacker on the same-process DS-1000 path (above).
+What it does not protect against: kernel exploits through the syscalls the seccomp filter allows (or through any,
+where libseccomp is missing: `capabilities()["seccomp"]`); reading world-readable system files (inside the private
+root, read-only); without a PID namespace, a daemon that leaves its session can outlive the task; a weakness of
+a record's own exec_test (one that accepts a wrong answer, which the official harness accepts too).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from lutra.execution import Verdict
 from lutra.execution.pool import _PKG_PARENT, WorkerPool, default_workers
-from lutra.execution.sandbox import capabilities, require_isolation, uid_drop_blocker
+from lutra.execution.sandbox import capabilities, require_isolation, require_seccomp, uid_drop_blocker
 
 PRELOAD = ("numpy", "pandas", "matplotlib", "matplotlib.pyplot", "scipy", "scipy.stats", "sklearn", "PIL.Image")
 """Imported once in every zygote (torch and tensorflow are not: they start threads that do not survive fork)."""
@@ -66,7 +66,7 @@ last_stats: dict = {}
 @dataclass
 class PyResult:
     status: str
-    """ok | error | timeout | oom | killed | output_flood | tamper | env_error."""
+    """ok | error | timeout | oom | killed | output_flood | tamper | env_error | unverifiable."""
     seconds: float = 0.0
     error: str = ""
     stdout: str = ""
@@ -75,7 +75,7 @@ class PyResult:
     passed: bool | None = None
     """DS-1000 records: the trusted checker's verdict (None for plain programs)."""
     path: str = ""
-    """DS-1000 records: `isolated` (checker in its own process) or `inproc` (tamper-detected exception)."""
+    """DS-1000 records: `isolated` (checker in its own process) or `unverifiable` (not judged: passed None)."""
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,15 @@ class Setup:
     allow_unisolated: bool = False
     isolation: str = ""
     """"": what capabilities() found; `none` / `landlock` force a weaker layer (bench/execution.py compares them)."""
+    seccomp: bool = True
+    """False: no syscall filter even where it loads (bench/execution.py measures its cost)."""
+    require_seccomp: bool = False
+    """benchmark.options.require_seccomp: refuse to run where the filter cannot be loaded."""
 
     @classmethod
     def from_options(cls, options) -> Setup:
-        """benchmark.options: python (interpreter), datasets_dir (seaborn / sklearn caches), allow_unisolated."""
+        """benchmark.options: python (interpreter), datasets_dir (seaborn / sklearn caches), allow_unisolated,
+        require_seccomp."""
         read, env = [], []
         d = options.get("datasets_dir") or DATASETS_DIR
         if d:
@@ -105,7 +110,8 @@ class Setup:
             env += [("SEABORN_DATA", os.path.join(d, "seaborn-data")),
                     ("SCIKIT_LEARN_DATA", os.path.join(d, "scikit_learn_data"))]
         return cls(str(options.get("python") or ""), tuple(read), tuple(env),
-                   bool(options.get("allow_unisolated", False)))
+                   bool(options.get("allow_unisolated", False)),
+                   require_seccomp=bool(options.get("require_seccomp", False)))
 
 
 def pool(workers: int | None = None, preload: tuple = PRELOAD, setup: Setup = Setup()) -> WorkerPool:
@@ -115,6 +121,7 @@ def pool(workers: int | None = None, preload: tuple = PRELOAD, setup: Setup = Se
         if key not in _POOLS:
             caps = capabilities()
             iso = setup.isolation or require_isolation(setup.allow_unisolated)
+            seccomp = require_seccomp(setup.require_seccomp) and setup.seccomp
             for p in _POOLS.values():
                 p.close()
             _POOLS.clear()
@@ -124,7 +131,7 @@ def pool(workers: int | None = None, preload: tuple = PRELOAD, setup: Setup = Se
             drop = caps["uid_drop"] and (iso == "mount_namespace" or uid_drop_blocker() is None)
             base = caps["sandbox_uid_base"] if drop else None
             boot = _BOOT.format(root=_PKG_PARENT)
-            extra = json.dumps({"read": list(setup.read), "env": dict(setup.env)})
+            extra = json.dumps({"read": list(setup.read), "env": dict(setup.env), "seccomp": seccomp})
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
                    "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                    "CUDA_VISIBLE_DEVICES": "", "PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -221,6 +228,9 @@ def judge(items, cfg, *, progress=True, desc="execute", for_training=False) -> l
     verdicts = {}
     for k, t, r in zip(todo, tasks, results, strict=True):
         why = env_error(r, t["code_context"]) if t["op"] == "ds1000" else None
+        if r.get("status") == "unverifiable":
+            verdicts[k] = Verdict("unverifiable", None, r.get("seconds", 0.0), r.get("error", "")[-500:])
+            continue
         if why:
             verdicts[k] = Verdict("env_error", None, r.get("seconds", 0.0), (why + ": " + r.get("error", ""))[-500:])
             continue
@@ -231,5 +241,6 @@ def judge(items, cfg, *, progress=True, desc="execute", for_training=False) -> l
     last_stats.update(items=len(items), executed=len(todo), retried=len(again),
                       tamper=sum(v.status == "tamper" for v in verdicts.values()),
                       env_error=sum(v.status == "env_error" for v in verdicts.values()),
-                      isolated=sum(r.get("path") == "isolated" for r in results))
+                      isolated=sum(r.get("path") == "isolated" for r in results),
+                      unverifiable=sum(v.status == "unverifiable" for v in verdicts.values()))
     return [verdicts[k] for k in keys]

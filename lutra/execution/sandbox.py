@@ -17,6 +17,10 @@ Layers (reliability.md 3.2), each applied only when this machine allows it, and 
   always reachable; without it the interpreter must be readable by other users (uid_drop_blocker).
 - `rlimits`: CPU, address space, file size, open files, process count (per slot uid, or per user namespace),
   core size.
+- `seccomp` (lutra.execution._seccomp): a libseccomp filter, loaded last, refuses with EPERM the syscalls
+  behind most kernel privilege escalations (io_uring, new namespaces, mounts, bpf, perf, userfaultfd, keyrings,
+  ptrace, modules, kexec...) and kills on a foreign syscall ABI. Without libseccomp the sandbox runs on the
+  layers above and says so (`seccomp_blocker`), unless `benchmark.options.require_seccomp=true`.
 - always: fresh scratch working dir (HOME and TMPDIR there), environment allow-list, stdin from /dev/null,
   output to size-capped files, CUDA_VISIBLE_DEVICES="".
 
@@ -25,7 +29,9 @@ writing any file outside the scratch dir (os, posix, a reloaded os, ctypes, subp
 /proc/*/root), reading the project, the run dir, $HOME or other processes' /proc/<pid>/environ, signalling or
 ptracing anything outside, reaching the host's loopback or abstract sockets, leaving processes behind, filling
 the host's /tmp or /dev/shm, remounting or unsharing its way out, and poisoning the zygote for later programs.
-Does not protect against: kernel exploits (no seccomp filter; the kernel's whole syscall surface is reachable);
+Does not protect against: kernel exploits through the syscalls the filter allows (a deny-list: file, memory,
+socket and process calls stay reachable, and a syscall newer than the list is allowed; without libseccomp the
+whole surface is reachable);
 reading world-readable system files (/etc, /usr: they are in the root, read-only); CPU and memory contention
 with other programs (rlimits per program, no cgroup). With Landlock only (measured by forcing it on this
 machine: LUTRA_ADV_ISOLATION=landlock pytest tests/test_sandbox_adversarial.py): mode and owner changes
@@ -37,6 +43,7 @@ socket, UDP, and abstract sockets and signals on kernels before ABI 6.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import resource
@@ -53,6 +60,8 @@ NOFILE = 256
 NPROC = 64
 
 
+SECCOMP = False
+"""Set in the zygote (and by bench/execution.py): confine() ends by loading the syscall filter."""
 EXTRA_READ: list[str] = []
 """Set in the zygote: more read-only paths for programs (dataset caches), from python.Setup."""
 EXTRA_ENV: dict[str, str] = {}
@@ -110,6 +119,19 @@ _PROBE = ("import sys; sys.path.insert(0, {root!r}); import os; from lutra.execu
           "try:\n    open('/lutra-probe', 'w')\nexcept OSError:\n    print(os.getpid())")
 
 
+_SECCOMP_PROBE = "import sys; sys.path.insert(0, {root!r}); from lutra.execution import _seccomp; print(_seccomp.probe())"
+
+
+def _probe_seccomp(root: str) -> dict:
+    """Load the filter in a throwaway process and check that it refuses; never in this one."""
+    try:
+        r = subprocess.run([sys.executable, "-I", "-c", _SECCOMP_PROBE.format(root=root)], capture_output=True,
+                           text=True, timeout=30, cwd="/")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return {"active": False, "why": "the seccomp probe process failed", "libseccomp": None, "denied": 0}
+
+
 def _probe(argv: list[str], code: str) -> bool:
     try:
         r = subprocess.run(argv + [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=30,
@@ -125,7 +147,19 @@ def allow_unisolated() -> bool:
 
 
 class SandboxUnavailable(RuntimeError):
-    """No filesystem isolation can be set up on this machine, and running without it was not allowed."""
+    """No filesystem isolation (or no required syscall filter) can be set up here, and running without it was
+    not allowed."""
+
+
+def require_seccomp(required: bool) -> bool:
+    """Whether the syscall filter is in force; raises SandboxUnavailable when it is not and `required` is set."""
+    caps = capabilities()
+    if required and not caps["seccomp"]:
+        raise SandboxUnavailable(
+            f"benchmark.options.require_seccomp=true, but no seccomp filter can be loaded here: "
+            f"{caps['seccomp_blocker']}. Install libseccomp2 (Debian/Ubuntu: apt-get install libseccomp2), or run "
+            "on the namespaces alone with benchmark.options.require_seccomp=false.")
+    return caps["seccomp"]
 
 
 def require_isolation(allow: bool = False) -> str:
@@ -146,6 +180,7 @@ def capabilities() -> dict:
     """What isolation is actually in force for Python programs (and the SQL engine's versions).
 
     isolation: `mount_namespace` (private read-only root, see lutra.execution._isolate), `landlock`, or `none`.
+    seccomp: the syscall filter loads here and refuses (else seccomp_blocker says why).
     """
     from lutra.execution import _isolate
     from lutra.execution.pool import _PKG_PARENT
@@ -167,6 +202,7 @@ def capabilities() -> dict:
     blocker = uid_drop_blocker() if isolation != "mount_namespace" or not root else None
     if not root:
         blocker = "not running as root"
+    sec = _probe_seccomp(_PKG_PARENT)
     return {
         "isolation": isolation,
         "isolation_blocker": why or None,
@@ -179,6 +215,10 @@ def capabilities() -> dict:
         "unshare_argv": ns_argv,
         "rlimits": ["CPU", "AS", "FSIZE", "NOFILE", "CORE"] + (
             ["NPROC"] if blocker is None or isolation == "mount_namespace" else []),
+        "seccomp": sec["active"],
+        "seccomp_blocker": sec["why"],
+        "libseccomp": sec["libseccomp"],
+        "seccomp_denied_syscalls": sec["denied"],
         "env_allowlist": True,
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
@@ -198,7 +238,8 @@ def vm_bytes() -> int:
 
 
 def confine(task_dir: str, uid: int | None, cpu_s: float, memory_mb: int, isolation: str) -> None:
-    """In the forked child, before any untrusted code: rlimits, filesystem isolation, privileges, environment."""
+    """In the forked child, before any untrusted code: rlimits, filesystem isolation, privileges, environment,
+    then the syscall filter (when SECCOMP)."""
     from lutra.execution import _isolate
 
     _lim(resource.RLIMIT_CPU, int(cpu_s) + 1)
@@ -223,6 +264,10 @@ def confine(task_dir: str, uid: int | None, cpu_s: float, memory_mb: int, isolat
     os.chdir(work)
     os.environ.clear()
     os.environ.update(sandbox_env(work))
+    if SECCOMP:  # last: the set-up above needs mount, unshare and landlock
+        from lutra.execution import _seccomp
+
+        _seccomp.install()
 
 
 def rmtree(path: str) -> None:

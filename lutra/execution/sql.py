@@ -23,8 +23,11 @@ What the sandbox protects against (each is an adversarial test in tests/test_exe
   mount namespace), with no network, no_new_privs and a Landlock domain that allows no write at all.
   A once-per-worker cost; without namespaces the workers are ordinary processes of the calling user.
 
-What it does not protect against: a bug in SQLite itself (no seccomp, no privilege drop: SQLite never runs
-model-written code, only model-written SQL); reads, which are allowed by design, of any table of the database the
+- the kernel, should a bug in SQLite hand a query control of the worker: each worker loads the Python sandbox's
+  syscall filter (lutra.execution._seccomp) after its set-up, where libseccomp is present.
+
+What it does not protect against: a bug in SQLite itself beyond what the namespaces and the filter stop (no
+privilege drop: SQLite never runs model-written code, only model-written SQL); reads, which are allowed by design, of any table of the database the
 task names and of any file the calling user can read; a database file that changes while it is being read (its
 fingerprint is taken once per process per file version).
 """
@@ -68,8 +71,8 @@ def _authorizer(action, arg1, arg2, db, trigger):
 
 
 def worker_init() -> None:
-    """Per worker process: filesystem isolation (when started under a mount namespace), address-space limit and
-    the process-wide SQLite heap limit."""
+    """Per worker process: filesystem isolation (when started under a mount namespace), address-space limit,
+    the process-wide SQLite heap limit, then the syscall filter (where capabilities() found it)."""
     import resource
 
     if os.environ.get("LUTRA_SQL_ISOLATE") == "1":
@@ -83,6 +86,10 @@ def worker_init() -> None:
     con = sqlite3.connect(":memory:")
     con.execute(f"PRAGMA hard_heap_limit={HEAP_LIMIT}")
     con.close()
+    if os.environ.get("LUTRA_SQL_SECCOMP") == "1":  # last: readonly_world needs mount and landlock
+        from lutra.execution import _seccomp
+
+        _seccomp.install()
 
 
 def execute(db_path: str, sql: str, deadline: float, max_rows: int = MAX_ROWS, decode_ignore: bool = False):
@@ -195,10 +202,13 @@ def _isolated_argv() -> list[str] | None:
 
 def _worker_env(isolate: bool) -> dict:
     from lutra.execution.pool import _worker_env as base
+    from lutra.execution.sandbox import capabilities
 
     env = base()
     if isolate and _isolated_argv() is not None:
         env["LUTRA_SQL_ISOLATE"] = "1"
+    if isolate and capabilities()["seccomp"]:
+        env["LUTRA_SQL_SECCOMP"] = "1"
     return env
 
 
@@ -243,6 +253,9 @@ def judge(items, cfg, *, progress=True, desc="execute", for_training=False) -> l
     """Verdicts for [(Problem, sql), ...] under cfg.comparison; see `lutra.execution.judge`."""
     from tqdm.auto import tqdm
 
+    from lutra.execution.sandbox import require_seccomp
+
+    require_seccomp(bool(cfg.options.get("require_seccomp", False)))
     rule, timeout, workers = cfg.comparison, float(cfg.timeout_s), cfg.workers
     gold_timeout = max(GOLD_TIMEOUT_S, 4 * timeout)
     fps = [fingerprint(p.db_path) for p, _ in items]
