@@ -86,6 +86,16 @@ def test_spider_rewrites():
     assert prepare("SELECT DISTINCT a FROM t", "bird_set", False) == "SELECT DISTINCT a FROM t"
 
 
+def test_spider_value_is_replaced_everywhere_in_the_prediction_as_evaluation_py_does():
+    """test-suite-sql-eval evaluation.py: `p_str.replace("value", "1")`, the substring anywhere, case-sensitive."""
+    assert prepare("SELECT count(*) AS value, b FROM t", "spider_ts", False) == "SELECT count(*) AS 1, b FROM t"
+    assert prepare("SELECT avalue FROM t WHERE x='values'", "spider_ts", False) == "SELECT a1 FROM t WHERE x='1s'"
+    assert prepare("SELECT a FROM t WHERE x = value", "spider_ts", False) == "SELECT a FROM t WHERE x = 1"
+    assert prepare("SELECT Value, VALUE FROM t", "spider_ts", False) == "SELECT Value, VALUE FROM t"
+    assert prepare("SELECT value FROM t", "spider_ts", True) == "SELECT value FROM t"  # the gold is left alone
+    assert prepare("SELECT value FROM t", "bird_set", False) == "SELECT value FROM t"
+
+
 def _brute_force(gold, pred, ordered):
     """Every column permutation, the definition the official search implements."""
     if not gold and not pred:

@@ -16,7 +16,8 @@ Rules (`BenchmarkConfig.comparison`):
     pruning on projected row bags, with a node budget and a deadline; running out raises `CompareBudget`
     (the verdict is then wrong, status ok, error `compare_budget`).
   Query rewrites (`prepare`): `postprocess` (`> =` -> `>=`, `< =`, `! =`), `evaluation.py`'s
-  `" value " -> " 1 "` on the prediction only, `remove_distinct` (every DISTINCT token dropped, even inside
+  `p_str.replace("value", "1")` on the prediction only (every occurrence of the substring, case-sensitive, inside
+  identifiers and strings too: `AS value,` becomes `AS 1,`, `t.values` becomes `t.1s`), `remove_distinct` (every DISTINCT token dropped, even inside
   `COUNT(DISTINCT x)`, and only the first statement kept; done with sqlglot's tokenizer, so strings, quoted
   identifiers and comments that contain the word are left alone, as sqlparse does), and
   `replace_cur_year` (`YEAR(CURDATE())` -> `2020`). Text is decoded with invalid UTF-8 dropped.
@@ -79,7 +80,7 @@ def prepare(sql: str, rule: str, is_gold: bool) -> str:
     if rule != "spider_ts":
         return sql
     if not is_gold:
-        sql = sql.replace(" value ", " 1 ")
+        sql = sql.replace("value", "1")  # evaluation.py: every occurrence, case-sensitive, even inside a word
     return _replace_cur_year(remove_distinct(_postprocess(sql)))
 
 
