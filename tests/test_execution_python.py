@@ -253,15 +253,20 @@ def test_ds1000_solution_process_holds_no_reference_code(ds):
     assert _ds(ds[0], sol).passed is True
 
 
-def test_ds1000_matplotlib_inproc_and_tamper(ds):
+def test_ds1000_matplotlib_isolated_and_tamper_is_powerless(ds):
+    """Record 526 (Matplotlib) is judged in the checker on the solution's figure, rebuilt there: what once had to
+    be caught as `tamper` on the same-process path (overwriting ans.png, rebinding np.testing) now changes no
+    verdict: with a wrong plot it fails, with the right one it passes."""
     rec = ds[526]
     ok = _ds(rec, rec["reference_code"])
-    assert ok.passed is True and ok.path == "inproc", ok.error
-    hack = "import matplotlib.pyplot as plt\n" + rec["reference_code"] + "\ngetattr(plt, 'save' + 'fig')('ans.png')"
-    r = _ds(rec, hack)
-    assert r.passed is not True and r.status == "tamper", r
-    r = _ds(rec, "import numpy\nnumpy.testing.assert_allclose = lambda *a, **k: None\n" + rec["reference_code"])
-    assert r.passed is not True and r.status == "tamper", r
+    assert ok.passed is True and ok.path == "isolated", ok.error
+    wrong = rec["reference_code"].replace("mew=7", "mew=3")
+    assert wrong != rec["reference_code"] and _ds(rec, wrong).passed is False
+    for trick in ("import matplotlib.pyplot as plt\ngetattr(plt, 'save' + 'fig')('ans.png')",
+                  "import numpy\nnumpy.testing.assert_allclose = lambda *a, **k: None"):
+        r = _ds(rec, wrong + "\n" + trick)
+        assert r.passed is False and r.path == "isolated", r
+        assert _ds(rec, rec["reference_code"] + "\n" + trick).passed is True
 
 
 def test_ds1000_judge_batch(ds):

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-STATUSES = ("ok", "error", "timeout", "oom", "killed", "too_large", "output_flood", "tamper", "env_error")
+STATUSES = ("ok", "error", "timeout", "oom", "killed", "too_large", "output_flood", "tamper", "env_error",
+            "unverifiable")
 
 
 @dataclass
 class Verdict:
     status: str
     """ok | error | timeout | oom | killed | too_large | output_flood | tamper | env_error (how the program ran;
-    env_error: this environment lacks a library or dataset the record needs, so correct is None)."""
+    env_error: this environment lacks a library or dataset the record needs, so correct is None; unverifiable: a
+    DS-1000 record whose expected answer cannot cross the safe codec, never judged, so correct is None)."""
     correct: bool | None
     """True/False: matches the gold result (or passes the tests); None: unknown, the gold itself failed."""
     seconds: float = 0.0

@@ -1,19 +1,17 @@
-"""DS-1000 checking, run inside a zygote (lutra.execution._zygote): the trusted checker and the in-process path.
+"""DS-1000 checking, run inside a zygote (lutra.execution._zygote): the trusted checker.
 
 `trusted(conn, task, wfd)` is the checker, a child of the zygote that never runs solution code: it generates the
-test cases, sends each input to the solution's process, decodes the returned `result` with the safe codec
-(lutra.execution._codec: plain data only, never pickle) and calls `exec_test` itself.
-
-`inproc(msg)` runs in the solution's process, for the records whose expected answer the codec cannot carry
-(Matplotlib figures, fitted estimators...): the official harness with tamper detection, and the `result` handed
-to `exec_test` must pass `plain()`: every object reachable from it is codec data or an instance of an unmodified
-class of an installed library (a class defined or patched by the solution, e.g. one whose `__eq__` is always
-true, or an attribute holding such an object, makes the check fail as `tamper`).
+test cases (the reference runs here: `ans.png` is drawn here and never sent), sends each input to the solution's
+process, decodes what comes back with the safe codec (lutra.execution._codec: data and allow-listed library
+objects rebuilt here, never pickle) and calls the record's own `exec_test` itself, unchanged. For records whose
+exec_test reads pyplot the solution's process returns its open figures and output.png's bytes (`figures_reply`),
+which the checker installs into its own pyplot before exec_test runs. There is no same-process path: a record
+whose expected answer does not survive the codec, or whose test_execution is not the official loop, is
+`unverifiable` (passed None) and is never judged.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -21,20 +19,11 @@ import re
 import sys
 import tempfile
 import time
-import types
 from multiprocessing.connection import Connection
 
 from lutra.execution import _codec
 
 TAIL = 4096
-TRUSTED_LIBS = {"numpy", "pandas", "scipy", "sklearn", "matplotlib", "torch", "tensorflow", "keras", "PIL",
-                "seaborn", "statsmodels", "builtins", "collections", "datetime", "decimal", "fractions", "re",
-                "functools", "operator", "enum", "abc", "typing", "_collections_abc", "dateutil", "pytz",
-                "mpl_toolkits", "tf_keras", "gensim", "xgboost", "lightgbm", "joblib", "threadpoolctl", "copyreg",
-                "weakref", "threading", "_thread", "contextlib", "dataclasses", "numbers", "uuid"}
-_PLAIN = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset, slice, range,
-          type(Ellipsis))
-_TRUSTED_FILES = tuple(p for p in {sys.base_prefix, sys.prefix} | {q for q in sys.path if "-packages" in q} if p)
 
 
 def ship(conn: Connection, obj) -> None:
@@ -92,141 +81,104 @@ def _as_built(x) -> bytes | None:
     `astype(str)` (records 112-114 fail through pickle and pass in-process)."""
     try:
         blob = _codec.encode(x)
-        return blob if _same(_codec.decode(blob), x) else None
+        return blob if _codec.plain(blob) and _same(_codec.decode(blob), x) else None
     except Exception:  # noqa: BLE001 - live objects (estimators, figures): pickle
         return None
 
 
-def classes() -> dict[int, frozenset]:
-    """Every class that exists now, with the ids of what its __dict__ holds: taken before the solution runs."""
-    out: dict[int, frozenset] = {}
-    todo = [object]
-    while todo:
-        c = todo.pop()
-        if id(c) in out:
-            continue
-        try:
-            out[id(c)] = frozenset(id(v) for v in vars(c).values())
-        except TypeError:
-            out[id(c)] = frozenset()
-        try:
-            todo.extend(type.__subclasses__(c))
-        except TypeError:
-            pass
-    return out
+_LOOP = ("for i in range({n}):\n    test_input, expected_result = generate_test_case(i + 1)\n"
+         "    test_env = {{'test_input': test_input}}\n    exec(code, test_env)\n"
+         "    assert exec_test(test_env['result'], expected_result)")
+_OUTPUTS = ("ans.png", "output.png")
+"""Files a record compares: `ans.png` is the checker's (drawn by the reference), never sent to the solution;
+`output.png` comes back from the solution's process as bytes."""
 
 
-def _real_code(f) -> bool:
-    code = getattr(getattr(f, "__func__", f), "__code__", None)
-    return code is None or (code.co_filename.startswith(_TRUSTED_FILES) and os.path.isfile(code.co_filename))
+def harness(ctx: str):
+    """(cases, prefix) when the record's test_execution is the official loop, else None. `prefix`: the trusted
+    statements before `code = exec_context.replace(...)` (Matplotlib's skip_plt_cmds filter, files the record
+    writes), compiled as a function of the solution that returns the solution the loop inserts."""
+    import ast
+
+    try:
+        tree = ast.parse(ctx)
+    except SyntaxError:
+        return None
+    fn = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "test_execution"]
+    if len(fn) != 1 or [a.arg for a in fn[0].args.args] != ["solution"]:
+        return None
+    body = fn[0].body
+    at = [i for i, st in enumerate(body) if ast.unparse(st) == "code = exec_context.replace('[insert]', solution)"]
+    if len(at) != 1 or len(body) != at[0] + 2 or not isinstance(body[-1], ast.For):
+        return None
+    loop = body[-1]
+    try:
+        n = int(ast.literal_eval(loop.iter.args[0]))
+    except (AttributeError, IndexError, ValueError, TypeError):
+        return None
+    if ast.unparse(loop) != ast.unparse(ast.parse(_LOOP.format(n=n)).body[0]):
+        return None
+    prefix = None
+    if at[0]:
+        f = ast.FunctionDef(name="_lutra_prefix", args=fn[0].args, body=body[:at[0]] + [
+            ast.Return(ast.Name("solution", ast.Load()))], decorator_list=[], returns=None)
+        prefix = ast.fix_missing_locations(ast.Module(body=[f], type_ignores=[]))
+    return n, prefix
 
 
-def _genuine_class(cls: type, before: dict, cache: dict) -> bool:
-    """Existed before the solution ran (or is a library class it imported), and no method of it is the solution's."""
-    if cls in cache:
-        return cache[cls]
-    ok = True
-    for c in cls.__mro__:
-        name = getattr(c, "__module__", "") or ""
-        if id(c) not in before:  # created since: only a library's own class, reachable where it says it lives
-            obj = sys.modules.get(name)
-            for part in c.__qualname__.split("."):
-                obj = getattr(obj, part, None)
-            if obj is not c or name.split(".")[0] not in TRUSTED_LIBS:
-                ok = False
-        # a method added or replaced since (the snapshot lacks it) must come from a library file; methods the
-        # library itself generated with exec (namedtuple-style result classes) were in the snapshot already
-        old = before.get(id(c), frozenset())
-        if ok and not all(id(v) in old or _real_code(v) for v in vars(c).values()):
-            ok = False
-        if not ok:
-            break
-    cache[cls] = ok
-    return ok
+def _figures_wanted(ctx: str) -> bool:
+    """exec_test reads pyplot's state or the saved images: the solution's figures come back to the checker."""
+    return "matplotlib" in ctx and bool(re.search(r"\bplt\.|\.png\b|\bgc[af]\(", ctx))
 
 
-def plain(x, before: dict, limit: int = 200_000) -> str | None:
-    """None when everything reachable from `x` is plain data or genuine library objects, else what is not."""
-    seen, todo, cache = set(), [x], {}
-    while todo:
-        o = todo.pop()
-        if id(o) in seen:
-            continue
-        if len(seen) > limit:
-            return f"more than {limit} objects to verify"
-        seen.add(id(o))
-        t = type(o)
-        if t in _PLAIN:
-            if t in (list, tuple, set, frozenset):
-                todo.extend(o)
-            elif t is dict:
-                todo.extend(o.keys())
-                todo.extend(o.values())
-            continue
-        if isinstance(o, (types.ModuleType, types.BuiltinFunctionType)) or t is type:
-            continue
-        if isinstance(o, types.FunctionType):
-            if not _real_code(o):
-                return f"a function defined by the solution ({o.__qualname__})"
-            continue
-        if not _genuine_class(t, before, cache):
-            return f"an object of a class defined or modified by the solution ({t.__module__}.{t.__qualname__})"
-        if getattr(t, "__module__", "").split(".")[0] == "numpy" and getattr(getattr(o, "dtype", None), "hasobject",
-                                                                             False) and hasattr(o, "ravel"):
-            todo.extend(o.ravel().tolist())
-        d = getattr(o, "__dict__", None)
-        if isinstance(d, dict) and not isinstance(o, type):
-            todo.extend(d.values())
-    return None
-def inproc(msg: dict) -> dict:
-    """Same-process DS-1000 check (Matplotlib and other live-object tests) with tamper detection."""
-    watched = {}
-    for mod, names in (("numpy.testing", ["assert_array_equal", "assert_allclose", "assert_equal",
-                                          "assert_array_almost_equal", "assert_almost_equal"]),
-                       ("numpy", ["allclose", "array_equal", "isclose", "testing"]),
-                       ("pandas.testing", ["assert_frame_equal", "assert_series_equal", "assert_index_equal"]),
-                       ("matplotlib.pyplot", ["savefig", "gca", "gcf"]), ("PIL.Image", ["open"]),
-                       ("builtins", ["exec", "print", "isinstance", "open", "all", "any", "len"]),
-                       ("os", ["_exit"]), ("sys", ["exit"])):
-        try:
-            m = __import__(mod, fromlist=["_"])
-        except Exception:  # noqa: BLE001
-            continue
-        for n in names:
-            if hasattr(m, n):
-                watched[f"{mod}.{n}"] = (m, n, id(getattr(m, n)))
-    ns: dict = {"__name__": "__ds1000__"}
-    exec(msg["code_context"], ns)
-    before = classes()
-    png: dict = {}
-    gen, check = ns.get("generate_test_case"), ns.get("exec_test")
+def _install(rep) -> object:
+    """Put the solution's figures (rebuilt by the codec as real Figures) into the checker's pyplot, as current as
+    they were there, and its output.png into the checker's dir; returns the result."""
+    import matplotlib.pyplot as plt
+    from matplotlib import _pylab_helpers
+    from matplotlib.figure import Figure
 
-    def gen_wrapped(i):
-        r = gen(i)
-        if os.path.exists("ans.png"):
-            png["sha"] = hashlib.sha256(open("ans.png", "rb").read()).hexdigest()
-        return r
+    plt.close("all")
+    if os.path.lexists("output.png"):
+        os.remove("output.png")
+    if not isinstance(rep, dict) or set(rep) != {"result", "figs", "active", "png"}:
+        raise AssertionError("the solution's process did not return its figures")
+    figs, active, png = rep["figs"], rep["active"], rep["png"]
+    if not isinstance(figs, list) or not all(type(f) is Figure for f in figs):
+        raise AssertionError("the solution's figures are not matplotlib Figures")
+    for f in figs:
+        mgr = getattr(f.canvas, "manager", None)
+        if mgr is None or mgr not in _pylab_helpers.Gcf.figs.values():
+            nums = plt.get_fignums()
+            mgr = plt._get_backend_mod().new_figure_manager_given_figure(max(nums) + 1 if nums else 1, f)
+            _pylab_helpers.Gcf._set_new_active_manager(mgr)
+    if type(active) is int and 0 <= active < len(figs):
+        plt.figure(figs[active])
+    if isinstance(png, bytes):
+        with open("output.png", "wb") as fh:
+            fh.write(png)
+    return rep["result"]
 
-    def check_wrapped(result, ans):
-        if "sha" in png and (not os.path.exists("ans.png") or
-                             hashlib.sha256(open("ans.png", "rb").read()).hexdigest() != png["sha"]):
-            raise AssertionError("TAMPER: ans.png changed")
-        bad = plain(result, before)
-        if bad is not None:
-            raise AssertionError(f"TAMPER: the result holds {bad}")
-        return check(result, ans)
 
-    if gen is not None and check is not None:
-        ns["generate_test_case"], ns["exec_test"] = gen_wrapped, check_wrapped
-    ns["test_execution"](msg["solution"])
-    if "test_string" in ns:
-        ns["test_string"](msg["solution"])
-    changed = [k for k, (m, n, i) in watched.items() if id(getattr(m, n, None)) != i]
-    return {"nonce": msg["nonce"], "passed": not changed, "tamper": changed}
+def _carried(exp, exec_test, figures: bool) -> bool:
+    """The expected answer survives the codec and exec_test accepts the carried copy: its records are judged."""
+    if figures and exp is None:
+        return True
+    try:
+        copy = _codec.decode(_codec.encode(exp), masked=figures)
+    except Exception:  # noqa: BLE001 - not representable: the record is unverifiable
+        return False
+    if _same(copy, exp):  # plain data carried exactly (exec_test may compare it with something else)
+        return True
+    try:
+        return bool(exec_test(copy, exp))
+    except Exception:  # noqa: BLE001 - the carried copy is not what exec_test accepts: unverifiable
+        return False
 
 
 def trusted(conn: Connection, task: dict, wfd: int) -> None:
-    """The checker: generate cases, ship inputs to the spare, compare decoded results with exec_test here."""
+    """The checker: generate cases, ship inputs to the spare, compare decoded results with exec_test here.
+    No solution code ever runs in this process; what the solution's process returns is data (the codec)."""
     deadline = time.monotonic() + task["timeout_s"]
     out = {"status": "ok", "passed": False, "error": "", "path": "isolated"}
     try:
@@ -238,57 +190,70 @@ def trusted(conn: Connection, task: dict, wfd: int) -> None:
         os.environ.update(TMPDIR=here, HOME=here)  # the private root's /tmp is read-only (torch caches there)
         tempfile.tempdir = None
         ctx, solution = task["code_context"], task["solution"]
-        m = re.search(r"def test_execution\(solution: str\):\n"
-                      r"    code = exec_context\.replace\(\"\[insert\]\", solution\)\n"
-                      r"    for i in range\((\d+)\):\n", ctx)
         ns: dict = {"__name__": "__ds1000__"}
         try:
             exec(ctx, ns)
         except ImportError as e:  # the record's own imports: this environment lacks a library
             raise _Reply({"status": "env_error", "error": f"{type(e).__name__}: {e}"}) from None
-        cases = []
-        if m:
-            cases = [ns["generate_test_case"](i + 1) for i in range(int(m.group(1)))]
-            for _, exp in cases:
-                try:
-                    if not ns["exec_test"](_codec.decode(_codec.encode(exp)), exp):
-                        raise ValueError
-                except Exception:  # noqa: BLE001 - expected answer not representable: live-object path
-                    m = None
-                    break
+        h = harness(ctx)
+        if h is None:
+            raise _Reply(_UNVERIFIABLE | {"error": "test_execution is not the official harness loop"})
+        n, prefix = h
+        inserted = solution
+        if prefix is not None:
+            exec(compile(prefix, "<test_execution>", "exec"), ns)
+            inserted = ns.pop("_lutra_prefix")(solution)
+        code = ns["exec_context"].replace("[insert]", inserted)
+        figures = _figures_wanted(ctx)
         ship(conn, {"cpu_s": task["timeout_s"], "memory_mb": task["memory_mb"]})
-        if m is None:
-            out["path"] = "inproc"
-            nonce = os.urandom(16).hex()
-            ship(conn, {"kind": "inproc", "code_context": ctx, "solution": solution, "nonce": nonce})
-            data = _answer(conn, deadline)
-            rep = json.loads(data)
-            out["passed"] = rep.get("nonce") == nonce and rep.get("passed") is True
-            if rep.get("tamper"):
-                out["status"], out["error"] = "tamper", f"changed: {rep['tamper']}"
-        else:
-            code = ns["exec_context"].replace("[insert]", solution)
-            files = _made_files(here)  # e.g. record 993: generate_test_case saves the model the context loads
-            for test_input, expected in cases:
-                blob = _as_built(test_input)
-                ship(conn, {"kind": "case", "code": code, "input": None if blob else test_input, "input_codec": blob,
-                            "files": files})
-                files = {}
-                result = _codec.decode(_answer(conn, deadline))
-                if not ns["exec_test"](result, expected):
-                    raise AssertionError("exec_test returned a false value")
-            if "test_string" in ns:
-                ns["test_string"](solution)
-            out["passed"] = True
+        sent: dict[str, bytes] = {}
+        for i in range(n):
+            test_input, expected = ns["generate_test_case"](i + 1)
+            if not _carried(expected, ns["exec_test"], figures):
+                raise _Reply(_UNVERIFIABLE | {"error": f"the expected answer ({type(expected).__module__}."
+                                                       f"{type(expected).__qualname__}) does not cross the codec"})
+            files = {k: v for k, v in _made_files(here).items() if k not in _OUTPUTS and sent.get(k) != v}
+            sent.update(files)  # e.g. record 993: generate_test_case saves the model the context loads
+            blob = _as_built(test_input)
+            ship(conn, {"kind": "case", "code": code, "input": None if blob else test_input, "input_codec": blob,
+                        "files": files, "figures": figures})
+            result = _codec.decode(_answer(conn, deadline), masked=figures)
+            if figures:
+                result = _install(result)
+            if not ns["exec_test"](result, expected):
+                raise AssertionError("exec_test returned a false value")
+            if figures:
+                import matplotlib.pyplot as plt
+
+                plt.close("all")
+        if "test_string" in ns:
+            ns["test_string"](solution)
+        out["passed"] = True
     except _Reply as r:
         out.update(r.args[0])
-        if "TAMPER:" in out["error"]:
-            out["status"] = "tamper"
     except BaseException as e:  # noqa: BLE001 - a failing comparison is a verdict
         out["error"] = f"{type(e).__name__}: {e}"[-TAIL:]
-        if "TAMPER" in str(e):
-            out["status"] = "tamper"
     os.write(wfd, json.dumps(out).encode())
+
+
+_UNVERIFIABLE = {"status": "unverifiable", "passed": None, "path": "unverifiable"}
+
+
+def figures_reply(result) -> dict:
+    """Solution side (the spare), for records whose exec_test reads pyplot: the result, every open pyplot figure
+    (in pyplot's order), which one is current, and output.png's bytes. The checker trusts none of it."""
+    out = {"result": result, "figs": [], "active": None, "png": None}
+    if "matplotlib.pyplot" in sys.modules:
+        from matplotlib import _pylab_helpers
+
+        mgrs = _pylab_helpers.Gcf.get_all_fig_managers()
+        cur = _pylab_helpers.Gcf.get_active()
+        out["figs"] = [m.canvas.figure for m in mgrs]
+        out["active"] = next((i for i, m in enumerate(mgrs) if m is cur), None)
+    if os.path.isfile("output.png") and os.path.getsize("output.png") <= 64 * 2**20:
+        with open("output.png", "rb") as f:
+            out["png"] = f.read()
+    return out
 
 
 class _Reply(Exception):

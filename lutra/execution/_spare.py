@@ -3,7 +3,6 @@ program (or a DS-1000 solution), talking only over its socket and answering only
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import struct
@@ -98,9 +97,8 @@ def _spare_main(fd: int, task_dir: str, uid, isolation: str) -> None:
                 blob = msg.get("input_codec")
                 env = {"test_input": _codec.decode(blob) if blob is not None else msg["input"]}
                 exec(msg["code"], env)
-                send(b"R" + _codec.encode(env["result"]))
-            elif kind == "inproc":
-                send(b"R" + json.dumps(_ds1000_check.inproc(msg)).encode())
+                result = _ds1000_check.figures_reply(env["result"]) if msg.get("figures") else env["result"]
+                send(b"R" + _codec.encode(result))
         except SystemExit as e:
             if kind == "program" and e.code in (None, 0):
                 _flush()
