@@ -14,11 +14,13 @@ import logging
 import time
 
 import torch
+from omegaconf import OmegaConf
 
 from lutra import benchmarks, execution
 from lutra.artifacts import atomic_write_bytes, fingerprint, read_jsonl, replace_dir, sha256_dir
 from lutra.benchmarks.sql_schema import check_databases
 from lutra.config import ConfigError
+from lutra.execution.sandbox import require_seccomp
 from lutra.logger import RunLogger
 from lutra.pairs import build_pairs, sft_targets
 from lutra.policy import vllm as vllm_backend
@@ -70,6 +72,7 @@ class Loop:
             for warning in check_environment(cfg.benchmark, self.train_problems + self.eval_problems):
                 log.warning("%s", warning)
         self.capabilities = execution.capabilities()
+        require_seccomp(bool(cfg.benchmark.options.get("require_seccomp", False)))  # before any model loads
         self.run.manifest["capabilities"] = self.capabilities
         self.run.manifest["data"] = {"train": len(self.train_problems), "eval": len(self.eval_problems),
                                      "held_out": len(self.held_out_problems)}
@@ -89,10 +92,29 @@ class Loop:
         self.summary_line(k, time.time() - t0)
         return acc
 
+    def bootstrap(self, k: int) -> bool:
+        """Round k is one of the first `method.bootstrap_rounds`: it trains on the golds and samples nothing."""
+        return k <= self.cfg.method.bootstrap_rounds
+
+    def round_cfg(self, k: int):
+        """The config round k trains with: a bootstrap round is SFT on the gold programs (the method's optimizer
+        settings, `bootstrap_steps` steps), so every method with the same seed starts its own rounds from the same
+        adapter; every other round is the run's config itself."""
+        if not self.bootstrap(k):
+            return self.cfg
+        steps = self.cfg.method.bootstrap_steps
+        return OmegaConf.merge(self.cfg, {"method": {
+            "loss": "sft", "sft_data": "gold", "max_steps_per_round": steps, "replay_rounds": 0,
+            "epochs_per_round": 1 if steps is None else 1000}})  # with a step count, the steps decide
+
     def sample(self, k: int) -> list[dict]:
         """samples.jsonl: `samples_per_problem` programs per train problem from the round's starting policy."""
         def compute():
             m = self.cfg.method
+            if self.bootstrap(k):
+                log.info("round %d: bootstrap round (method.bootstrap_rounds=%d): trains on the gold programs, "
+                         "samples nothing", k, m.bootstrap_rounds)
+                return [], {"samples": 0, "bootstrap": True}
             model, tok = self.policy(k - 1)
             prompts = [self.prompt(p) for p in self.train_problems]
             params = dict(n=m.samples_per_problem, temperature=m.temperature, top_p=m.top_p,
@@ -118,6 +140,8 @@ class Loop:
     def execute(self, k: int, samples: list[dict]) -> list[dict]:
         """verdicts.jsonl: each finished sample run in the sandbox against its gold; truncated ones are wrong."""
         def compute():
+            if not samples:
+                return [], {} if self.bootstrap(k) else {"sample_accuracy": 0.0}
             runnable = [s for s in samples if s["finished"]]
             verdicts = execution.judge([(self.by_id[s["problem_id"]], s["text"]) for s in runnable],
                                        self.cfg.benchmark, desc=f"round {k}: execute", for_training=True)
@@ -135,7 +159,7 @@ class Loop:
     def pair(self, k: int, samples: list[dict], verdicts: list[dict]) -> list[dict]:
         """pairs.jsonl: (correct, wrong) pairs per problem (or SFT targets), plus replayed earlier rounds' pairs."""
         def compute():
-            m = self.cfg.method
+            m = self.round_cfg(k).method
             labelled = [{**s, "correct": v["correct"]} for s, v in zip(samples, verdicts)]
             if m.loss == "sft":
                 pairs, stats = sft_targets(labelled, self.by_id, per_problem=m.pairs_per_problem,
@@ -157,13 +181,14 @@ class Loop:
         """adapter/: the LoRA adapter after round k's DPO + lambda*NLL (or SFT) fit on the round's pairs."""
         if self.run.done(k, "train"):
             return
-        m, t0 = self.cfg.method, time.time()
+        cfg = self.round_cfg(k)
+        m, t0 = cfg.method, time.time()
         _, tok = self.policy(k - 1)
         enc = encode_pairs(tok, pairs, self.cfg.model, with_rejected=m.loss != "sft")
         ref = None if m.loss == "sft" or not enc.prompts else self.reference(k, enc)
         steps = self.run.manifest.setdefault("train_steps", {})
         offset = sum(v for kk, v in steps.items() if int(kk) < k)  # the logger's step axis continues
-        stats = train_round(self.cfg, self.run.round_dir(k), k, offset, self.logger.lightning(), enc, ref,
+        stats = train_round(cfg, self.run.round_dir(k), k, offset, self.logger.lightning(), enc, ref,
                             policy=lambda: self.policy(k - 1), release=self._release_policy)
         if self.model is not None:  # trained in this process: the policy in memory is round k's
             self._policy_round = k
@@ -215,7 +240,8 @@ class Loop:
         """The pairs rounds k-R .. k-1 built themselves (not those they replayed), minus repeats of `current`."""
         seen = {(p["problem_id"], p["chosen"], p.get("rejected")) for p in current}
         out = []
-        for j in range(max(1, k - self.cfg.method.replay_rounds), k):
+        first = self.cfg.method.bootstrap_rounds + 1  # bootstrap rounds' gold targets are not pairs
+        for j in range(max(first, k - self.cfg.method.replay_rounds), k):
             for p in read_jsonl(self.run.round_dir(j) / "pairs.jsonl"):
                 key = (p["problem_id"], p["chosen"], p.get("rejected"))
                 if p.get("round", j) == j and key not in seen:
