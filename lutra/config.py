@@ -268,6 +268,11 @@ class MethodConfig:
     """Linear lr warm-up steps at the start of each round's fit."""
     weight_decay: float = 0.0
     """AdamW weight decay on the LoRA parameters."""
+    bootstrap_rounds: int = 0
+    """The first N rounds train on the train problems' gold programs (SFT; nothing sampled) before the method's own
+    rounds: a warm-up for a base that solves none of the task. Not in the paper, whose base is capable."""
+    bootstrap_steps: Optional[int] = None
+    """Optimizer steps of each bootstrap round (null: one epoch over the golds)."""
     sample_batch_size: int = 32
     """Prompts per generation batch (each expanded to samples_per_problem sequences)."""
     eval_batch_size: int = 64
@@ -291,6 +296,9 @@ class MethodConfig:
         _check(self.max_steps_per_round is None or self.max_steps_per_round > 0, "method.max_steps_per_round", "must be > 0 or null")
         _check(self.batch_size > 0, "method.batch_size", "must be > 0")
         _check(self.lr is None or self.lr > 0, "method.lr", "must be > 0 or null")
+        _check(self.bootstrap_rounds >= 0, "method.bootstrap_rounds", f"must be >= 0, got {self.bootstrap_rounds}")
+        _check(self.bootstrap_steps is None or self.bootstrap_steps > 0, "method.bootstrap_steps",
+               "must be > 0 or null")
         _check(self.loss == "sft" or self.dpo_weight > 0 or self.nll_weight > 0, "method.nll_weight",
                "dpo_weight and nll_weight are both 0: nothing to train")
 

@@ -4,7 +4,8 @@ Per problem, distinct correct programs are the chosen set and distinct incorrect
 distinct (chosen, rejected) pairs are drawn from their product with a seed derived from the run's seed, the round
 and the problem id. A problem with no correct or no incorrect sample gives no pair (unless `gold_as_chosen` adds
 the ground truth to the chosen set); a problem whose gold could not be run (verdict `None`) gives none either and
-is counted as unknown.
+is counted as unknown. `own_chosen` counts the pairs whose chosen program is one of the model's own samples (not
+the ground truth).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def build_pairs(samples: list[dict], problems: dict, *, pairs_per_problem: int, 
     Returns (pairs [{problem_id, chosen, rejected}], stats).
     """
     pairs, stats = [], {"problems": len(problems), "with_pairs": 0, "all_correct": 0, "all_wrong": 0,
-                        "unknown_gold": 0, "pairs": 0}
+                        "unknown_gold": 0, "pairs": 0, "own_chosen": 0}
     for pid, grp in sorted(_groups(samples, problems).items()):
         if grp["unknown"]:
             stats["unknown_gold"] += 1
@@ -57,6 +58,7 @@ def build_pairs(samples: list[dict], problems: dict, *, pairs_per_problem: int, 
         rng = random.Random(f"{seed}/{round_idx}/{pid}")
         picked = rng.sample(combos, min(pairs_per_problem, len(combos)))
         pairs += [{"problem_id": pid, "chosen": c, "rejected": r} for c, r in picked]
+        stats["own_chosen"] += sum(c in grp["correct"] for c, _ in picked)
         stats["with_pairs"] += 1
     stats["pairs"] = len(pairs)
     return pairs, stats
@@ -67,9 +69,10 @@ def sft_targets(samples: list[dict], problems: dict, *, per_problem: int, use_go
     """Supervised targets: distinct correct samples (rejection-sampling SFT) or the gold programs."""
     if use_gold:
         targets = [{"problem_id": pid, "chosen": p.gold, "rejected": None} for pid, p in sorted(problems.items())]
-        return targets, {"problems": len(problems), "with_pairs": len(targets), "pairs": len(targets)}
+        return targets, {"problems": len(problems), "with_pairs": len(targets), "pairs": len(targets),
+                         "own_chosen": 0}
     targets, stats = [], {"problems": len(problems), "with_pairs": 0, "all_correct": 0, "all_wrong": 0,
-                          "unknown_gold": 0, "pairs": 0}
+                          "unknown_gold": 0, "pairs": 0, "own_chosen": 0}
     for pid, grp in sorted(_groups(samples, problems).items()):
         if grp["unknown"]:
             stats["unknown_gold"] += 1
@@ -81,5 +84,5 @@ def sft_targets(samples: list[dict], problems: dict, *, per_problem: int, use_go
             keep = rng.sample(grp["correct"], min(per_problem, len(grp["correct"])))
             targets += [{"problem_id": pid, "chosen": c, "rejected": None} for c in keep]
             stats["with_pairs"] += 1
-    stats["pairs"] = len(targets)
+    stats["pairs"] = stats["own_chosen"] = len(targets)
     return targets, stats

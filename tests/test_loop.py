@@ -162,3 +162,47 @@ def test_replay_rounds_trains_on_earlier_rounds_pairs_too(tmp_path):
     assert m["stages"]["round_2/pair"]["pairs"] == len(own) and m["stages"]["round_2/pair"]["replayed"] == len(r2) - len(own)
     assert {(p["problem_id"], p["chosen"], p["rejected"]) for p in r1} <= set(keys)
     assert m["stages"]["round_2/train"]["pairs_used"] + m["stages"]["round_2/train"]["dropped_completion_too_long"] == len(r2)
+
+
+def _jsonl(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
+def test_bootstrap_round_trains_on_golds_then_the_method_samples(tmp_path):
+    """method.bootstrap_rounds=1: round 1 samples nothing and trains on every train problem's gold (SFT, its own
+    step count); round 2 is the method's own round from round 1's adapter."""
+    run = tmp_path / "run"
+    train(run, "rounds=2", "method.bootstrap_rounds=1", "method.bootstrap_steps=2", "method.gold_as_chosen=false",
+          f"benchmark.data_dir={tmp_path / 'data'}")
+    m = manifest(run)
+    assert (run / "round_1" / "samples.jsonl").read_text() == ""
+    assert m["stages"]["round_1/sample"]["bootstrap"] is True
+    golds = _jsonl(run / "round_1" / "pairs.jsonl")
+    assert len(golds) == 24 and all(p["rejected"] is None for p in golds)
+    assert m["stages"]["round_1/pair"]["own_chosen"] == 0
+    assert "round_1/ref_logps" not in m["stages"]  # SFT needs no reference
+    assert m["stages"]["round_1/train"]["steps"] == 2
+    assert len(_jsonl(run / "round_2" / "samples.jsonl")) == 24 * 3
+    pairs = _jsonl(run / "round_2" / "pairs.jsonl")
+    assert all(p["rejected"] is not None for p in pairs)  # the method's own pairs again
+    assert m["stages"]["round_2/pair"]["own_chosen"] == len(pairs)  # gold_as_chosen off: every chosen is a sample
+    assert "round_2/ref_logps" in m["stages"] or not pairs
+    csv_text = (run / "rounds.csv").read_text()
+    assert "pairs/own_chosen" in csv_text.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_bootstrap_round_is_the_same_starting_point_for_every_method(tmp_path):
+    """Same seed, codelutra and sft: the bootstrap round's adapter is bit-identical, so their own rounds start from
+    one policy (what the pretrained-model recipe compares)."""
+    import hashlib
+
+    shas = []
+    for method in ("codelutra", "sft"):
+        run = tmp_path / method
+        train(run, "rounds=1", f"method={method}", "method.bootstrap_rounds=1", "method.bootstrap_steps=2",
+              "method.batch_size=8", "model.max_completion_len=24", f"benchmark.data_dir={tmp_path / 'data'}",
+              models=tmp_path / "models")
+        # the weights (adapter_config.json lists peft's target-module set in hash order, which varies by process)
+        shas.append(hashlib.sha256((run / "round_1" / "adapter" / "adapter_model.safetensors").read_bytes()).digest())
+    assert shas[0] == shas[1]

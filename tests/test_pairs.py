@@ -20,7 +20,8 @@ def test_pairs_only_from_mixed_problems_and_stats():
     ]  # e: no samples at all
     pairs, st = build_pairs(samples, probs, pairs_per_problem=4, gold_as_chosen=False, seed=0, round_idx=1)
     assert {(p["chosen"], p["rejected"]) for p in pairs} == {("A1", "A2"), ("A1", "A3")}  # distinct texts
-    assert st == {"problems": 5, "with_pairs": 1, "all_correct": 1, "all_wrong": 1, "unknown_gold": 1, "pairs": 2}
+    assert st == {"problems": 5, "with_pairs": 1, "all_correct": 1, "all_wrong": 1, "unknown_gold": 1, "pairs": 2,
+                  "own_chosen": 2}
 
 
 def test_pairs_capped_distinct_and_seeded():
@@ -40,6 +41,14 @@ def test_gold_as_chosen_pairs_all_wrong_problems():
                             round_idx=1)
     assert pairs == [{"problem_id": "c", "chosen": "GOLD c", "rejected": "C1"}]
     assert st["all_wrong"] == 1 and st["with_pairs"] == 1
+    assert st["own_chosen"] == 0  # the gold is not the model's own program
+
+
+def test_own_chosen_counts_sampled_chosen_next_to_the_gold():
+    probs = _problems("a")
+    samples = [_s("a", "A1", True), _s("a", "W1", False), _s("a", "W2", False)]
+    pairs, st = build_pairs(samples, probs, pairs_per_problem=4, gold_as_chosen=True, seed=0, round_idx=1)
+    assert len(pairs) == 4 and st["own_chosen"] == 2  # A1 x {W1, W2} own; GOLD a x {W1, W2} not
 
 
 def test_sft_targets_correct_samples_and_gold():
@@ -47,5 +56,6 @@ def test_sft_targets_correct_samples_and_gold():
     samples = [_s("a", "A1", True), _s("a", "A1", True), _s("a", "A2", False), _s("b", "B1", False)]
     t, st = sft_targets(samples, probs, per_problem=4, use_gold=False, seed=0, round_idx=1)
     assert [x["chosen"] for x in t] == ["A1"] and st["with_pairs"] == 1 and st["all_wrong"] == 1
-    g, _ = sft_targets(samples, probs, per_problem=4, use_gold=True, seed=0, round_idx=1)
-    assert [x["chosen"] for x in g] == ["GOLD a", "GOLD b"]
+    assert st["own_chosen"] == 1
+    g, gst = sft_targets(samples, probs, per_problem=4, use_gold=True, seed=0, round_idx=1)
+    assert [x["chosen"] for x in g] == ["GOLD a", "GOLD b"] and gst["own_chosen"] == 0
