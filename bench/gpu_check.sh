@@ -6,7 +6,7 @@
 #   bash bench/gpu_check.sh            # needs the packages installed, or wheels under .whl/ (installed to /tmp/site)
 #   STAGES="fsdp memory" bash bench/gpu_check.sh     # some stages only; AUTO_ROUNDS=2 shortens the default command
 set -u
-STAGES=${STAGES:-pytest_gpu default_auto fsdp memory ddp_spawn smollm2}
+STAGES=${STAGES:-pytest_gpu default_auto fsdp memory ddp_spawn smollm2 smollm2_recipe}
 AUTO_ROUNDS=${AUTO_ROUNDS:-4}
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT" /tmp/runs
@@ -15,7 +15,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:$PWD || exit 1
 fi
-TINY=${TINY:-$(ls -d outputs/models/tiny-mini_sql-* 2>/dev/null | head -1)}
+TINY=${TINY:-lutra/bases/mini_sql-tiny}   # the shipped default base (python -m lutra.train loads it by itself)
 stage() {  # stage NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
   [[ " $STAGES " == *" $name "* ]] || return 0
@@ -53,3 +53,10 @@ stage smollm2 300 bash -c 'python3 -m lutra.prepare model=smollm2_135m \
      benchmark.n_eval=100 method.gold_as_chosen=true hydra.run.dir=/tmp/runs/smollm2'
 tar -czf "$OUT/runs.tgz" -C /tmp runs --exclude='*.safetensors' --exclude='*.pt' 2>/dev/null
 cat "$OUT/summary.txt"
+# the pretrained-model recipe (conf/preset/smollm2_sql.yaml: one bootstrap round on the golds, then codelutra rounds
+# from the model's own samples) at the paper's sizes: 500 train problems x 8 samples, the whole eval split, bf16.
+# NOT RUN on a GPU yet. Expected: about 15-25 minutes on one H100 with the HF sampler (~4,000 samples of <= 64
+# tokens a round; the CPU run's per-stage times scaled by the measured GPU/CPU ratio of the default command, ~4x).
+# For a 0.5B or 7-8B model: model=qwen25_coder_0_5b or model=qwen25_coder_7b with the same method keys.
+stage smollm2_recipe 1800 python3 -m lutra.train +preset=smollm2_sql trainer=gpu model.dtype=bfloat16 \
+  benchmark.n_train=500 benchmark.n_eval=null method.samples_per_problem=8 rounds=4 hydra.run.dir=/tmp/runs/smollm2_recipe
