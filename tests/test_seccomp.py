@@ -14,6 +14,7 @@ without libseccomp the sandbox still runs and says so, unless benchmark.options.
 import importlib.util
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -228,6 +229,14 @@ def test_program_identity_is_reported(world):
     """As root the program runs as its slot's uid; as a user, as root of its own user namespace."""
     euid = world["inside"]["euid"]
     assert (euid >= 61000) if CAPS["uid_drop"] else euid == 0, euid
+
+
+@needs_filter
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x32 syscall numbers exist on x86-64 only")
+def test_foreign_abi_kills_the_program():
+    """An x32 syscall (getpid | __X32_SYSCALL_BIT) is of no ABI the filter knows: SIGSYS, never a pass."""
+    r = P.run("import ctypes\nctypes.CDLL(None).syscall(0x40000000 | 39)\nprint('survived')")
+    assert r.status == "error" and "signal 31" in r.error and "survived" not in r.stdout, r
 
 
 LIBS = r'''
