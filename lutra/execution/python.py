@@ -14,6 +14,8 @@ row of reliability.md 5.3):
 - damage outside the scratch dir and reading what is not its business: a private read-only root or Landlock
   (sandbox.py lists what each covers); as root also an unprivileged uid; a network namespace has no route out;
   the environment is an allow-list (no API keys, CUDA hidden). No isolation at all: refuse (fail closed);
+- the kernel's riskiest syscalls (io_uring, new namespaces, mounts, bpf, perf, keyrings, ptrace, vsock...): a
+  seccomp filter in the program's process and in the DS-1000 checker (lutra.execution._seccomp, docs/sandbox.md);
 - forged verdicts: exit codes, stdout text and `os._exit(0)` never mean pass. For DS-1000 records the
   expected answers and `exec_test` live in a separate trusted checker process; the solution's process gets
   only the test inputs and returns `result` in a safe format (lutra.execution._codec: JSON + raw arrays, never
