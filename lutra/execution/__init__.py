@@ -52,7 +52,8 @@ def judge(items, cfg, *, progress: bool = True, desc: str = "execute", for_train
 
 def capabilities() -> dict:
     """Isolation layers in force on this machine: `isolation` (mount_namespace | landlock | none), uid drop,
-    PID/net namespaces, rlimits; see sandbox.py. The loop writes this into the run's manifest."""
+    PID/net namespaces, rlimits, `seccomp` (the syscall filter loads and refuses); see sandbox.py. The loop writes
+    this into the run's manifest."""
     from lutra.execution.sandbox import capabilities as caps
 
     return caps()
