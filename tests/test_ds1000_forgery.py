@@ -375,3 +375,32 @@ def test_tampering_with_a_correct_figure_is_powerless_not_flagged():
                   "import numpy\nnumpy.testing.assert_allclose = lambda *a, **k: None"):
         assert _run("figure", ok + "\n" + trick).passed is True
         assert _run("figure", wrong + "\n" + trick).passed is False
+
+
+UNCARRIED = ARRAY.replace("    return a, a * 2\n", "    return a, (v for v in a * 2)\n").replace(
+    "    np.testing.assert_array_equal(result, ans)\n", "    np.testing.assert_array_equal(result, np.array(list(ans)))\n")
+OTHER_LOOP = ARRAY.replace("    for i in range(2):\n", "    for i in [0, 1]:\n")
+
+
+@pytest.mark.parametrize("ctx, why", [(UNCARRIED, "does not cross the codec"), (OTHER_LOOP, "harness loop")],
+                         ids=["expected answer the codec cannot carry", "not the official loop"])
+def test_a_record_that_cannot_be_carried_is_unverifiable_and_never_judged(ctx, why):
+    from lutra.benchmarks import Problem
+    from lutra.config import BenchmarkConfig
+    from lutra.execution import judge
+    from lutra.pairs import build_pairs
+
+    assert ctx not in (ARRAY,)
+    for sol in ("result = a * 2", "result = a * 3", K1):  # right, wrong, forged: none is judged
+        r = P.run_ds1000(ctx, sol, timeout_s=60, setup=HERE)
+        assert r.status == "unverifiable" and r.passed is None and r.path == "unverifiable", r
+        assert why in r.error
+    cfg = BenchmarkConfig(name="ds1000", executor="python", timeout_s=60.0, workers=1,
+                          options={"python": HERE.interpreter} if HERE.interpreter else {})
+    p = Problem(id="u", question="", context="", gold="result = a * 2", language="python", test_context=ctx)
+    v = judge([(p, "result = a * 2"), (p, "result = a * 3")], cfg, progress=False)
+    assert [(x.status, x.correct) for x in v] == [("unverifiable", None)] * 2
+    assert P.last_stats["unverifiable"] == 2
+    samples = [{"problem_id": "u", "text": t, "correct": x.correct} for t, x in zip(("a", "b"), v)]
+    pairs, stats = build_pairs(samples, {"u": p}, pairs_per_problem=4, gold_as_chosen=True, seed=0, round_idx=0)
+    assert pairs == [] and stats["unknown_gold"] == 1

@@ -173,6 +173,11 @@ class _Enc:
                         "fill": self.enc(x.fill_value)}
             if t is np.ufunc:
                 return {"$": "ufunc", "name": x.__name__}
+            if t.__name__ == "_ArrayFunctionDispatcher":  # np.mean & co. since numpy 1.25: a function
+                try:
+                    return {"$": "fn", "c": _where(x)}
+                except Unencodable:
+                    return {"$": "none"}
         if mod == "pandas":
             import pandas as pd
 
@@ -335,7 +340,8 @@ def _lookup(c, want):
     if want is type:
         ok = isinstance(obj, type) and not issubclass(obj, (type, BaseException))
     else:
-        ok = isinstance(obj, (types.FunctionType, types.BuiltinFunctionType))
+        ok = isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)) or (
+            type(obj).__name__ == "_ArrayFunctionDispatcher" and type(obj).__module__ == "numpy")
     if not ok or getattr(obj, "__module__", None) != mod or getattr(obj, "__qualname__", None) != qual:
         raise ValueError(f"{mod}.{qual} is not a library {want.__name__}")
     return obj
@@ -564,7 +570,7 @@ class _Dec:
         if tag == "torch":
             import torch
 
-            dt = getattr(torch, e["dtype"])
+            dt = vars(torch).get(str(e["dtype"]))  # a dict lookup: torch's lazy module __getattr__ never runs
             if not isinstance(dt, torch.dtype):
                 raise ValueError("not a torch dtype")
             t = torch.from_numpy(_dnd(e["v"])).to(dt)
