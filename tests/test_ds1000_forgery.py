@@ -306,6 +306,9 @@ OTHERS = [  # (record, name, trick)
      "import shutil\nshutil.copy('output.png', 'ans.png')"),
     ("figure", "a forged reply without figures", _SEND + "from lutra.execution import _codec\n"
      "_send(b'R' + _codec.encode({'result': None, 'figs': [], 'active': None, 'png': None}))\n_os._exit(0)"),
+    ("figure", "output.png replaced by another image format (Pillow would run Ghostscript on EPS)",
+     "import matplotlib.pyplot as _p\nsetattr(_p, 'save' + 'fig', lambda *a, **k: None)\nopen('output.png', 'wb').write("
+     "b'%!PS-Adobe-3.0 EPSF-3.0\\n%%BoundingBox: 0 0 10 10\\nshowpage\\n')"),
     ("figure", "the line's data swapped for the expected one after savefig",
      "import matplotlib.pyplot as _p\n_l = _p.gca().lines[0]\n_l.__dict__['_markeredgewidth'] = 7\n"
      "_l.__class__ = type('L', (type(_l),), {})"),

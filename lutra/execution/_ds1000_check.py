@@ -154,8 +154,8 @@ def _install(rep) -> object:
             _pylab_helpers.Gcf._set_new_active_manager(mgr)
     if type(active) is int and 0 <= active < len(figs):
         plt.figure(figs[active])
-    if isinstance(png, bytes):
-        with open("output.png", "wb") as fh:
+    if isinstance(png, bytes) and png.startswith(b"\x89PNG\r\n\x1a\n"):  # only a PNG reaches Pillow (by content
+        with open("output.png", "wb") as fh:                            # it would open EPS through Ghostscript)
             fh.write(png)
     return rep["result"]
 
