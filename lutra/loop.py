@@ -280,10 +280,11 @@ class Loop:
         st = {s: self.run.stage_info(k, s) for s in STAGES}
         pair = st["pair"]
         secs = " ".join(f"{s}={st[s].get('seconds', 0):.0f}s" for s in st)
-        log.info("round %d: eval EX %.1f%%%s | sample acc %.1f%% | pairs %d from %d/%d problems "
+        acc = st["execute"].get("sample_accuracy", float("nan"))
+        sampled = "bootstrap round (gold targets)" if st["sample"].get("bootstrap") else f"sample acc {acc:.1f}%"
+        log.info("round %d: eval EX %.1f%%%s | %s | pairs %d from %d/%d problems "
                  "(all-correct %d, all-wrong %d) | %s", k, st["evaluate"].get("exec_acc", float("nan")),
-                 _held_text(st["evaluate"]),
-                 st["execute"].get("sample_accuracy", float("nan")), pair.get("pairs", 0),
+                 _held_text(st["evaluate"]), sampled, pair.get("pairs", 0),
                  pair.get("with_pairs", 0), pair.get("problems", 0), pair.get("all_correct", 0),
                  pair.get("all_wrong", 0), secs)
 

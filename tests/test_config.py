@@ -86,3 +86,20 @@ def test_wrong_type_fails_at_composition():
 def test_unknown_group_option_fails():
     with pytest.raises(ConfigCompositionException):
         _compose(["method=codelutraa"])
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "preset").glob("*.yaml")))
+def test_every_preset_composes_and_validates(preset):
+    typed = to_object(_compose([f"+preset={preset}"]))
+    assert typed.rounds >= 1 and typed.method is not None
+
+
+@pytest.mark.parametrize("method", ["codelutra", "sft", "sft_gold"])
+def test_pretrained_recipe_bootstraps_every_method_alike(method):
+    """conf/preset/smollm2_sql.yaml: a method chosen on the command line keeps the preset's bootstrap round and its
+    optimizer settings, so codelutra, sft and sft_gold start their own rounds from one adapter."""
+    typed = to_object(_compose([f"method={method}", "+preset=smollm2_sql"]))
+    assert typed.model.name == "smollm2_135m" and typed.method.name == method
+    assert (typed.method.bootstrap_rounds, typed.method.bootstrap_steps) == (1, 16)
+    assert (typed.method.lr, typed.method.batch_size, typed.method.samples_per_problem) == (5.0e-4, 8, 4)
+    assert typed.rounds > typed.method.bootstrap_rounds  # the method has rounds of its own
