@@ -86,18 +86,21 @@ def _as_built(x) -> bytes | None:
         return None
 
 
-_LOOP = ("for i in range({n}):\n    test_input, expected_result = generate_test_case(i + 1)\n"
-         "    test_env = {{'test_input': test_input}}\n    exec(code, test_env)\n"
-         "    assert exec_test(test_env['result'], expected_result)")
+_LOOP = ("test_input, expected_result = generate_test_case(i + 1)\ntest_env = {'test_input': test_input}\n"
+         "exec(code, test_env)")
+"""The official loop's body before its assert (`assert exec_test(test_env['result'], expected_result)` in every
+DS-1000 record; a bare comparison in some hand-made ones)."""
 _OUTPUTS = ("ans.png", "output.png")
 """Files a record compares: `ans.png` is the checker's (drawn by the reference), never sent to the solution;
 `output.png` comes back from the solution's process as bytes."""
 
 
 def harness(ctx: str):
-    """(cases, prefix) when the record's test_execution is the official loop, else None. `prefix`: the trusted
-    statements before `code = exec_context.replace(...)` (Matplotlib's skip_plt_cmds filter, files the record
-    writes), compiled as a function of the solution that returns the solution the loop inserts."""
+    """(cases, prefix, check) when the record's test_execution is the official loop, else None. `prefix`: the
+    trusted statements before `code = exec_context.replace(...)` (Matplotlib's skip_plt_cmds filter, files the
+    record writes), compiled as a function of the solution that returns the solution the loop inserts. `check`:
+    the loop's final assert, compiled as `_lutra_check(test_input, expected_result, result)`, which the checker
+    calls on the decoded result (test_env holds what the solution's `result` was)."""
     import ast
 
     try:
@@ -116,14 +119,21 @@ def harness(ctx: str):
         n = int(ast.literal_eval(loop.iter.args[0]))
     except (AttributeError, IndexError, ValueError, TypeError):
         return None
-    if ast.unparse(loop) != ast.unparse(ast.parse(_LOOP.format(n=n)).body[0]):
+    want = ast.parse(_LOOP).body
+    if not (isinstance(loop.target, ast.Name) and loop.target.id == "i" and not loop.orelse
+            and len(loop.body) == len(want) + 1 and isinstance(loop.body[-1], ast.Assert)
+            and [ast.unparse(st) for st in loop.body[:-1]] == [ast.unparse(st) for st in want]):
         return None
+    args = ast.parse("def _lutra_check(test_input, expected_result, result): pass").body[0]
+    args.body = ast.parse("test_env = {'test_input': test_input, 'result': result}").body + [
+        loop.body[-1], ast.Return(ast.Constant(True))]
+    check = ast.fix_missing_locations(ast.Module(body=[args], type_ignores=[]))
     prefix = None
     if at[0]:
         f = ast.FunctionDef(name="_lutra_prefix", args=fn[0].args, body=body[:at[0]] + [
             ast.Return(ast.Name("solution", ast.Load()))], decorator_list=[], returns=None)
         prefix = ast.fix_missing_locations(ast.Module(body=[f], type_ignores=[]))
-    return n, prefix
+    return n, prefix, check
 
 
 def _figures_wanted(ctx: str) -> bool:
@@ -160,8 +170,8 @@ def _install(rep) -> object:
     return rep["result"]
 
 
-def _carried(exp, exec_test, figures: bool) -> bool:
-    """The expected answer survives the codec and exec_test accepts the carried copy: its records are judged."""
+def _carried(exp, check, figures: bool) -> bool:
+    """The expected answer survives the codec and the record's check (exec_test) accepts the carried copy."""
     if figures and exp is None:
         return True
     try:
@@ -172,7 +182,7 @@ def _carried(exp, exec_test, figures: bool) -> bool:
     except Exception:  # noqa: BLE001 - not representable: the record is unverifiable
         return False
     try:
-        return bool(exec_test(copy, exp))
+        return bool(check(copy))
     except Exception:  # noqa: BLE001 - the carried copy is not what exec_test accepts: unverifiable
         return False
 
@@ -199,7 +209,9 @@ def trusted(conn: Connection, task: dict, wfd: int) -> None:
         h = harness(ctx)
         if h is None:
             raise _Reply(_UNVERIFIABLE | {"error": "test_execution is not the official harness loop"})
-        n, prefix = h
+        n, prefix, check = h
+        exec(compile(check, "<test_execution>", "exec"), ns)
+        check = ns.pop("_lutra_check")
         inserted = solution
         if prefix is not None:
             exec(compile(prefix, "<test_execution>", "exec"), ns)
@@ -210,7 +222,7 @@ def trusted(conn: Connection, task: dict, wfd: int) -> None:
         sent: dict[str, bytes] = {}
         for i in range(n):
             test_input, expected = ns["generate_test_case"](i + 1)
-            if not _carried(expected, ns["exec_test"], figures):
+            if not _carried(expected, lambda copy, t=test_input, e=expected: check(t, e, copy), figures):
                 raise _Reply(_UNVERIFIABLE | {"error": f"the expected answer ({type(expected).__module__}."
                                                        f"{type(expected).__qualname__}) does not cross the codec"})
             files = {k: v for k, v in _made_files(here).items() if k not in _OUTPUTS and sent.get(k) != v}
@@ -221,8 +233,7 @@ def trusted(conn: Connection, task: dict, wfd: int) -> None:
             result = _codec.decode(_answer(conn, deadline), masked=figures)
             if figures:
                 result = _install(result)
-            if not ns["exec_test"](result, expected):
-                raise AssertionError("exec_test returned a false value")
+            check(test_input, expected, result)  # the loop's own assert, here, on the decoded result
             if figures:
                 import matplotlib.pyplot as plt
 
