@@ -155,6 +155,33 @@ def test_one_codelutra_round_on_cpu(prepared, tmp_path):
     assert sum("lora_A" in n for n, _ in model.named_parameters()) == N_LAYERS * len(cfg.lora_target_modules)
 
 
+@pytest.mark.slow
+def test_the_pretrained_recipe_gives_the_model_pairs_of_its_own(prepared, tmp_path):
+    """conf/preset/smollm2_sql.yaml reduced to one bootstrap round and one codelutra round: the base solves nothing,
+    the bootstrap trains on golds only, and afterwards the model's own correct samples are chosen programs of
+    pairs; the two-adapter chain loads with peft. Structure only: how many own pairs is the chaotic part."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    path, cfg = prepared
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lutra.train", "+preset=smollm2_sql", f"model.gguf_file={Path(cfg.gguf_file).resolve()}",
+           "logger=csv", "trainer.enable_progress_bar=false", "rounds=2", f"hydra.run.dir={run}",
+           "benchmark.n_train=32", "benchmark.n_eval=8"]
+    env = {**os.environ, "LUTRA_MODELS": str(Path(path).parent.resolve()), "OMP_NUM_THREADS": "2"}
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=3600)
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert stages["round_1/sample"]["bootstrap"] and stages["round_1/pair"]["own_chosen"] == 0
+    assert stages["round_1/train"]["steps"] == 16
+    assert stages["round_2/pair"]["own_chosen"] >= 1  # own correct samples, paired with own wrong ones
+    assert stages["round_2/pair"]["own_chosen"] == stages["round_2/pair"]["pairs"]  # gold_as_chosen is off
+    model = AutoModelForCausalLM.from_pretrained(path)
+    model = PeftModel.from_pretrained(model, run / "round_1" / "adapter", adapter_name="r1")
+    model.load_adapter(str(run / "round_2" / "adapter"), adapter_name="r2")
+    assert {"r1", "r2"} <= set(model.peft_config)
+
+
 # ---------------------------------------------------------------- fetching and refusing, on a wheel built here
 
 
