@@ -1,5 +1,5 @@
 """`--help` of lutra's commands: what the command does, its config groups with one line per option, every key it
-reads with its current value and the docstring of its dataclass field (lutra/config.py), and examples.
+reads with its current value and the docstring of its dataclass field (lutra/config/), and examples.
 
 Hydra's own `--help` lists every group under conf/ (evaluate and prepare read two of them), the `*_schema`
 entries lutra registers to type-check the YAML, and never a key's meaning. This one is composed with the command
