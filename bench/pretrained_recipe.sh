@@ -28,7 +28,7 @@ print(max(1, round(sum(v for k, v in s.items() if int(k) > 1) / max(1, len(s) - 
   train seed="$1" method="$2" resume=force hydra.run.dir="$dir" "${extra[@]}"
 }
 for s in $SEEDS; do boot "$s" & while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 2; done; done; wait
-for s in $SEEDS; do for m in $METHODS; do [ "$m" = sft_gold ] && continue  # after codelutra: it copies its steps
+for m in $METHODS; do for s in $SEEDS; do [ "$m" = sft_gold ] && continue  # after codelutra: it copies its steps
   branch "$s" "$m" & while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 2; done
 done; done; wait
 if [[ " $METHODS " == *" sft_gold "* ]]; then

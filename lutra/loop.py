@@ -98,13 +98,15 @@ class Loop:
 
     def round_cfg(self, k: int):
         """The config round k trains with: a bootstrap round is SFT on the gold programs (the method's optimizer
-        settings, `bootstrap_steps` steps), so every method with the same seed starts its own rounds from the same
+        settings at `bootstrap_lr`, `bootstrap_steps` steps), so every method with the same seed starts its own rounds from the same
         adapter; every other round is the run's config itself."""
         if not self.bootstrap(k):
             return self.cfg
-        steps = self.cfg.method.bootstrap_steps
+        m = self.cfg.method
+        steps = m.bootstrap_steps
         return OmegaConf.merge(self.cfg, {"method": {
             "loss": "sft", "sft_data": "gold", "max_steps_per_round": steps, "replay_rounds": 0,
+            "lr": m.lr if m.bootstrap_lr is None else m.bootstrap_lr,
             "epochs_per_round": 1 if steps is None else 1000}})  # with a step count, the steps decide
 
     def sample(self, k: int) -> list[dict]:

@@ -101,5 +101,6 @@ def test_pretrained_recipe_bootstraps_every_method_alike(method):
     typed = to_object(_compose([f"method={method}", "+preset=smollm2_sql"]))
     assert typed.model.name == "smollm2_135m" and typed.method.name == method
     assert (typed.method.bootstrap_rounds, typed.method.bootstrap_steps) == (1, 16)
-    assert (typed.method.lr, typed.method.batch_size, typed.method.samples_per_problem) == (5.0e-4, 8, 4)
+    assert (typed.method.lr, typed.method.bootstrap_lr) == (1.0e-4, 5.0e-4)
+    assert (typed.method.batch_size, typed.method.samples_per_problem) == (8, 4)
     assert typed.rounds > typed.method.bootstrap_rounds  # the method has rounds of its own

@@ -173,7 +173,7 @@ def test_bootstrap_round_trains_on_golds_then_the_method_samples(tmp_path):
     step count); round 2 is the method's own round from round 1's adapter."""
     run = tmp_path / "run"
     train(run, "rounds=2", "method.bootstrap_rounds=1", "method.bootstrap_steps=2", "method.gold_as_chosen=false",
-          f"benchmark.data_dir={tmp_path / 'data'}")
+          "method.bootstrap_lr=3e-3", "method.lr=2e-4", f"benchmark.data_dir={tmp_path / 'data'}")
     m = manifest(run)
     assert (run / "round_1" / "samples.jsonl").read_text() == ""
     assert m["stages"]["round_1/sample"]["bootstrap"] is True
@@ -182,6 +182,8 @@ def test_bootstrap_round_trains_on_golds_then_the_method_samples(tmp_path):
     assert m["stages"]["round_1/pair"]["own_chosen"] == 0
     assert "round_1/ref_logps" not in m["stages"]  # SFT needs no reference
     assert m["stages"]["round_1/train"]["steps"] == 2
+    assert m["stages"]["round_1/train"]["lr"] == 3e-3  # bootstrap_lr in the bootstrap round, method.lr afterwards
+    assert m["stages"]["round_2/train"]["lr"] == 2e-4
     assert len(_jsonl(run / "round_2" / "samples.jsonl")) == 24 * 3
     pairs = _jsonl(run / "round_2" / "pairs.jsonl")
     assert all(p["rejected"] is not None for p in pairs)  # the method's own pairs again

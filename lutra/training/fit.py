@@ -84,7 +84,7 @@ def fit_policy(cfg, model, tok, enc, ref, k: int, offset: int, logger, *, relaun
         if "lora_" in name:
             p.requires_grad_(True)
     stats = {"pairs_used": len(enc.prompts), "dropped_prompt_too_long": enc.dropped_prompt_too_long,
-             "dropped_completion_too_long": enc.dropped_completion_too_long, "steps": 0}
+             "dropped_completion_too_long": enc.dropped_completion_too_long, "steps": 0, "lr": m.lr or cfg.model.lr}
     per_step = m.batch_size * cfg.trainer.accumulate_grad_batches * world_size(cfg.trainer)
     max_steps = -(-len(enc.prompts) // per_step) * m.epochs_per_round
     if m.max_steps_per_round:
@@ -93,7 +93,7 @@ def fit_policy(cfg, model, tok, enc, ref, k: int, offset: int, logger, *, relaun
         log.warning("round %d: no pairs to train on; the adapter is carried over unchanged", k)
         return None, None, None, stats
     dm = PreferenceDataModule(enc, ref, m.batch_size, tok.pad_token_id, seed=cfg.seed * 1000 + k)
-    module = PolicyModule(model, m, lr=m.lr or cfg.model.lr, total_steps=max_steps)
+    module = PolicyModule(model, m, lr=stats["lr"], total_steps=max_steps)
     L.seed_everything(cfg.seed * 1000 + k, workers=True, verbose=False)
     trainer = L.Trainer(**trainer_kwargs(cfg.trainer, relaunch_ok=relaunch_ok), max_epochs=m.epochs_per_round,
                         max_steps=max_steps, logger=logger, enable_checkpointing=False,
