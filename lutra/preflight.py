@@ -27,7 +27,7 @@ from lutra.config import ConfigError
 log = logging.getLogger(__name__)
 
 HUB_TIMEOUT_S = 4.0
-"""One request to the hub, no retries: a dropped connection fails the check in this long (the issue's bar: 10 s)."""
+"""One request to the hub, no retries: a dropped connection fails the check in this long (a first run's failure should take under 10 s)."""
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 FRESH_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log", "manifest.json",
                "config.json", ".lock")

@@ -1,4 +1,4 @@
-"""The failures a new user meets first (issue 20): each is one line that names the key and the fix, exits 2, leaves
+"""The failures a new user meets first: each is one line that names the key and the fix, exits 2, leaves
 no run directory behind, and comes before any work; Ctrl-C says where the run stopped; --help documents keys."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DS-1000 verdicts a solution cannot forge (issue 30): no verdict is computed where solution code ran.
+"""DS-1000 verdicts a solution cannot forge: no verdict is computed where solution code ran.
 
 Each attack is a wrong solution with a trick appended: the test first checks that the solution is wrong without
 its trick, then that the trick does not make it pass. The five kinds an attacker who reads lutra's source tried

@@ -133,7 +133,7 @@ def test_lutra_sampler_decodes_what_generate_decodes(prepared, base):
 
 @pytest.mark.slow
 def test_one_codelutra_round_on_cpu(prepared, tmp_path):
-    """The README's documented counts, shrunk further: sample, execute, pair, train, evaluate, all on CPU."""
+    """The one-round counts of docs/results/pretrained_recipe.md, shrunk further: sample, execute, pair, train, evaluate, all on CPU."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

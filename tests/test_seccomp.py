@@ -1,4 +1,4 @@
-"""The sandbox's syscall filter (lutra.execution._seccomp, issue 33), judged by what the kernel answers.
+"""The sandbox's syscall filter (lutra.execution._seccomp), judged by what the kernel answers.
 
 One program makes every denied call with arguments that are harmless where it is allowed (a path that does not
 exist, fd -1, an invalid flag, a bad magic number); it runs (1) inside the sandbox, where each call must fail with
@@ -210,7 +210,7 @@ def test_filter_alone_refuses_root(world, family, label):
 
 
 def test_headline_calls_need_the_filter(world):
-    """Without the filter the same sandbox lets io_uring_setup and unshare(CLONE_NEWUSER) through (issue 33)."""
+    """Without the filter the same sandbox lets io_uring_setup and unshare(CLONE_NEWUSER) through."""
     bare = world["unfiltered_sandbox"]
     assert bare["seccomp"] == ["0"]
     through = [la for la in ("io_uring_setup", "unshare(CLONE_NEWUSER)") if bare[la] == "ok"]

@@ -1,5 +1,5 @@
 """`python -m lutra.train +preset=smoke` from a fresh clone (no cached model or data): one round of the real loop.
-Part of the default test command (README, Smoke run). The smoke preset's base is shipped (lutra/bases/
+Part of the default test command (README, Usage; docs/usage.md, Presets). The smoke preset's base is shipped (lutra/bases/
 mini_sql-tiny-smoke, nothing is built), so round 0 decodes the same weights on every CPU; the round's training is
 float32 arithmetic whose rounding differs by CPU, so no test here asserts a number that rounding decides (an EX that
 must move): the checks are structural (own correct samples paired, steps taken, the adapter changes predictions).

@@ -1,8 +1,8 @@
-"""The default base, built under two SIMD kernel paths, lands in the round-0 EX range the README documents.
+"""The default base, built under two SIMD kernel paths, lands in the round-0 EX range docs/results/ documents.
 
 A warm start of up to 900 steps amplifies rounding differences, and float32 rounding differs between ATen's kernel
 paths (`ATEN_CPU_CAPABILITY`), MKL's and oneDNN's instruction sets: another CPU builds another base. Running this
-CPU under its own path and under the generic one is the closest this machine gets to a second machine; the README
+CPU under its own path and under the generic one is the closest this machine gets to a second machine; docs/results/
 says what to expect on one, and this test holds it to that. Slow: two full builds plus their round-0 evaluation
 (~5-7 min each on 2 idle cores).
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 ROUND0_EX = (35.0, 55.0)
-"""Round-0 EX (%) the README documents for the default base, whose warm start stops at 38% greedy EX on 200 train
-problems: 41.6 / 45.4 / 44.8 on the avx512 / avx2 / default paths (issue 17), with room for the check's coarseness
+"""Round-0 EX (%) docs/results/bases_and_warm_start.md documents for the default base, whose warm start stops at 38% greedy EX on 200 train
+problems: 41.6 / 45.4 / 44.8 on the avx512 / avx2 / default paths (docs/results/bases_and_warm_start.md), with room for the check's coarseness
 (a 50-step check can land 10-25 points past the target where EX climbs fastest) and the check set's sampling error
 (train check 42.5% gave eval 41.6% on the avx512 path, 42.0% gave 45.4% on avx2)."""
 SIMD_ENV = {

@@ -1,5 +1,5 @@
 """logger=wandb offline on the reduced default: the run id is in the run directory before training, a run killed
-mid-round and resumed continues the same wandb run, and the logged history has what the issue asks for (group,
+mid-round and resumed continues the same wandb run, and the logged history has what a comparison of runs needs (group,
 job_type, resolved config, eval/* on a round axis, TRL's metric names, a samples table with verdicts)."""
 
 import json

@@ -47,7 +47,7 @@ class TinyModelConfig:
     warm_start_target_ex: Optional[float] = None
     """Stop the warm start at the first check whose greedy EX (%) on `warm_start_check_problems` train problems
     reaches this (null: run all warm_start_steps). The base's level is then a property of the recipe, not of the
-    CPU's rounding: the warm start's trajectory is chaotic in floating point (docs/results/issue17_bases.md)."""
+    CPU's rounding: the warm start's trajectory is chaotic in floating point (docs/results/bases_and_warm_start.md)."""
     warm_start_check_every: int = 50
     """Steps between two checks of the base's greedy EX (with warm_start_target_ex)."""
     warm_start_check_from: int = 200

@@ -167,7 +167,7 @@ def float64_llama(model):
 
 def resolved_dtype(tiny_cfg) -> str:
     """`auto`: bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX: 1.7x faster than float32 there), else
-    float32 (emulated bf16 took 5.9x float32's time on the AVX2 path). Measured: docs/results/issue17_bases.md."""
+    float32 (emulated bf16 took 5.9x float32's time on the AVX2 path). Measured: docs/results/bases_and_warm_start.md."""
     if tiny_cfg.warm_start_dtype != "auto":
         return tiny_cfg.warm_start_dtype
     return "bfloat16" if fast_bf16("cpu") else "float32"
