@@ -47,11 +47,12 @@ def rows() -> list[dict]:
     step, samp, ex = _load("train_step"), _load("sampling"), _load("execution")
     t = {(r["model"], r["impl"]): r for r in step["timing"]}
     agree = {a["model"]: a for a in step["agreement"]}
+    lens = step["batch"]["prompt_lens"]
     out = []
     for model, label in (("tiny", "tiny (3.1M)"), ("large", "55M Llama")):
         peer, ours = t[(model, "trl_precomputed")], t[(model, "lutra")]
         out.append({
-            "what": f"one DPO+NLL step, {label}, 8 pairs, LoRA r16",
+            "what": f"one DPO+NLL step, {label}, 8 pairs (prompts {min(lens)}-{max(lens)} tokens), LoRA r16",
             "peer": f"TRL DPOTrainer (precomputed reference): {peer['step_s_median']:.2f} s, "
                     f"{peer['peak_rss_mb']:.0f} MB",
             "lutra": f"{ours['step_s_median']:.2f} s, {ours['peak_rss_mb']:.0f} MB",
