@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The pretrained-model recipe measured (README, "A real pretrained model learns"): per seed, one bootstrap round of
+# The pretrained-model recipe measured (README, "A real pretrained model, offline"; docs/results/pretrained_recipe.md): per seed, one bootstrap round of
 # conf/preset/smollm2_sql.yaml, then the same bootstrapped run branched into each method (the run directory copied
 # after round 1 and continued with resume=force: every branch starts from the one bootstrap adapter), 2 rounds
 # each. Prints the table and writes bench/results/pretrained_recipe.json.
@@ -12,8 +12,11 @@ METHODS=${METHODS:-codelutra sft sft_gold}
 OUT=${OUT:-outputs/recipe}
 JOBS=${JOBS:-2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} WANDB_MODE=offline
-mkdir -p "$OUT"
-train() { python -m lutra.train +preset=smollm2_sql "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; return 1; }; }
+mkdir -p "$OUT/logs"
+train() {  # each run's console output kept beside its run directory (train.log holds the log, not a traceback)
+  local log="$OUT/logs/$(echo "$*" | tr -c 'A-Za-z0-9=._-' '_').log"
+  python -m lutra.train +preset=smollm2_sql "$@" >"$log" 2>&1 || { echo "failed: $* (see $log)" >&2; return 1; }
+}
 boot() {  # seed
   train seed="$1" rounds=1 hydra.run.dir="$OUT/boot-s$1"
 }
