@@ -167,3 +167,21 @@ class RunLogger:
             except Exception as e:  # noqa: BLE001 - closing a logger must not hide why the run is stopping
                 print(f"wandb.finish failed: {e!r}")
         (Path(self.run.dir) / "wandb_finish.log").write_text(buf.getvalue())
+
+
+class NoLogger:
+    """The logger of a data-parallel rank other than 0: rank 0 alone logs (one CSV, one wandb run)."""
+
+    kind = "none"
+
+    def lightning(self):
+        return False
+
+    def log_eval(self, k: int, metrics: dict) -> None:
+        pass
+
+    def log_pairs(self, *args, **kwargs) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass

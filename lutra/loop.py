@@ -5,6 +5,10 @@
 Every stage writes its artifact atomically into round_k/ and is marked done in the manifest (`lutra.run.Run`), so
 a restart skips finished stages and redoes only the unfinished one. The algorithm comes first; the policy cache,
 the reference log-prob cache and the summary line follow it.
+
+Started by torchrun or srun, every rank runs this loop (`lutra.distributed`): it samples, executes and evaluates its
+shard (whole batches of the one-process batching, whole problems), rank 0 writes what the ranks gathered, and
+training is DDP over the same ranks. One process is the world of one, and every shard is then the whole stage.
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from lutra import benchmarks, execution
+from lutra import benchmarks, distributed, execution
 from lutra.artifacts import atomic_write_bytes, fingerprint, read_jsonl, replace_dir, sha256_dir
 from lutra.benchmarks.sql_schema import check_databases
 from lutra.config import ConfigError
 from lutra.execution.sandbox import require_seccomp
-from lutra.logger import RunLogger
+from lutra.logger import NoLogger, RunLogger
 from lutra.pairs import build_pairs, sft_targets
 from lutra.policy import vllm as vllm_backend
 from lutra.policy.device import setup_torch
@@ -40,47 +44,77 @@ log = logging.getLogger(__name__)
 STAGES = ("sample", "execute", "pair", "ref_logps", "train", "evaluate")
 
 
-def run(cfg) -> float:
-    """Run (or resume) every round of `cfg`; returns the final eval execution accuracy (percent)."""
-    check_run_config(cfg)
+def run(cfg, world: distributed.World | None = None) -> float:
+    """Run (or resume) every round of `cfg`; returns the final eval execution accuracy (percent). `world`: the ranks
+    a launcher started (default: read from the environment; one process without a launcher)."""
+    world = distributed.launched() if world is None else world
+    check_run_config(cfg, world)
     setup_torch()
-    r = Loop(cfg)
+    distributed.init(world, device_for(cfg.trainer))
+    r = Loop(cfg, world)
     try:
-        ensure_tiny(cfg)  # model=tiny: build the base once (cached across runs) before any stage loads it
+        # model=tiny: build the base once (cached across runs) before any stage loads it; rank 0 first
+        distributed.on_main(world, lambda: ensure_tiny(cfg) and None)
+        if not world.main:
+            ensure_tiny(cfg)
         acc = r.evaluate(0)
         for k in range(1, cfg.rounds + 1):
             acc = r.run_round(k)
         return acc
     finally:
         r.close()
+        distributed.close(world)
 
 
 class Loop:
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.run = Run(cfg).open()
-        self.train_problems = benchmarks.load(cfg.benchmark, cfg.benchmark.train_split)
-        self.eval_problems = benchmarks.load(cfg.benchmark, cfg.benchmark.eval_split)
-        held = cfg.benchmark.held_out_split
-        self.held_out_problems = benchmarks.load(cfg.benchmark, held) if held else []
-        self.by_id = {p.id: p for p in self.train_problems}
-        if cfg.benchmark.executor == "sql":  # a missing or corrupt database fails here, before any model loads
-            check_databases(self.train_problems + self.eval_problems + self.held_out_problems)
-        if cfg.benchmark.name == "ds1000":  # its libraries too: a missing one names the extra to install
-            from lutra.benchmarks.ds1000 import check_environment
+    def __init__(self, cfg, world: distributed.World = distributed.World()):
+        self.cfg, self.world = cfg, world
+        self.run = Run(cfg, world).open()
+        if world.local_size > 1 and cfg.benchmark.workers is None:  # the node's cores, shared by its ranks' sandboxes
+            from lutra.execution.pool import default_workers
 
-            for warning in check_environment(cfg.benchmark, self.train_problems + self.eval_problems):
-                log.warning("%s", warning)
-        self.capabilities = execution.capabilities()
-        require_seccomp(bool(cfg.benchmark.options.get("require_seccomp", False)))  # before any model loads
+            cfg.benchmark.workers = max(1, default_workers() // world.local_size)
+        # rank 0 loads (and, for mini_sql, generates) the data first; the other ranks get its problems
+        self.train_problems, self.eval_problems, self.held_out_problems = distributed.on_main(world, self._load)
+        self.by_id = {p.id: p for p in self.train_problems}
+        # every rank executes programs: each checks its own sandbox, before any model loads
+        self.capabilities = distributed.all_gather(world, self._sandbox)[0]
         self.run.manifest["capabilities"] = self.capabilities
         self.run.manifest["data"] = {"train": len(self.train_problems), "eval": len(self.eval_problems),
                                      "held_out": len(self.held_out_problems)}
+        if world.size > 1:
+            self.run.manifest["world"] = {"ranks": world.size, "nodes": world.nodes, "launcher": world.launcher}
         self.run.save()
         log.info("execution sandbox capabilities: %s", self.capabilities)
-        self.logger = RunLogger(cfg, self.run)
+        self.logger = RunLogger(cfg, self.run) if world.main else NoLogger()
         self.model, self.tok, self._policy_round = None, None, None
         self.device = device_for(cfg.trainer)
+        self.shard = (world.rank, world.size)  # the batches of sampling and decoding this rank computes
+
+    def _load(self) -> tuple[list, list, list]:
+        cfg = self.cfg
+        train = benchmarks.load(cfg.benchmark, cfg.benchmark.train_split)
+        evaluation = benchmarks.load(cfg.benchmark, cfg.benchmark.eval_split)
+        held = cfg.benchmark.held_out_split
+        held_out = benchmarks.load(cfg.benchmark, held) if held else []
+        if cfg.benchmark.executor == "sql":  # a missing or corrupt database fails here, before any model loads
+            check_databases(train + evaluation + held_out)
+        if cfg.benchmark.name == "ds1000":  # its libraries too: a missing one names the extra to install
+            from lutra.benchmarks.ds1000 import check_environment
+
+            for warning in check_environment(cfg.benchmark, train + evaluation):
+                log.warning("%s", warning)
+        return train, evaluation, held_out
+
+    def _sandbox(self) -> dict:
+        caps = execution.capabilities()
+        require_seccomp(bool(self.cfg.benchmark.options.get("require_seccomp", False)))
+        return caps
+
+    def judge(self, items: list, **kw) -> list:
+        """`execution.judge` of (problem, program) items, each rank judging whole problems of its share."""
+        return distributed.split_map(self.world, items, lambda part: execution.judge(part, **kw),
+                                     key=lambda item: item[0].id)
 
     def run_round(self, k: int) -> float:
         t0 = time.time()
@@ -123,15 +157,23 @@ class Loop:
                           max_new_tokens=self.cfg.model.max_completion_len, seed=self.cfg.seed * 1000 + k)
             backend, why = vllm_backend.resolve(self.cfg.sampler)
             self.run.manifest.setdefault("sampler", {})[str(k)] = {"backend": backend, "reason": why, **params}
-            if backend == "vllm":
-                adapter = str(self.run.round_dir(k - 1) / "adapter") if k > 1 else None
-                texts, finished = vllm_backend.generate(
-                    resolve_path(self.cfg.model, self.cfg.benchmark), adapter, tok, prompts,
-                    dtype=self.cfg.model.dtype, lora_r=self.cfg.model.lora_r,
-                    gpu_memory_utilization=self.cfg.vllm_gpu_memory_utilization, **params)
-            else:
-                texts, finished = generate(model, tok, prompts, batch_size=m.sample_batch_size,
-                                           desc=f"round {k}: sample", return_finished=True, **params)
+
+            def draw() -> list:  # this rank's share: (texts, finished) per prompt, None for the other ranks' ones
+                if backend == "vllm":
+                    adapter = str(self.run.round_dir(k - 1) / "adapter") if k > 1 else None
+                    texts, finished = vllm_backend.generate(
+                        resolve_path(self.cfg.model, self.cfg.benchmark), adapter, tok, prompts,
+                        dtype=self.cfg.model.dtype, lora_r=self.cfg.model.lora_r,
+                        gpu_memory_utilization=self.cfg.vllm_gpu_memory_utilization, world=self.world,
+                        tensor_parallel_size=self.cfg.vllm_tensor_parallel_size or 1, progress=self.world.main,
+                        **params)
+                else:
+                    texts, finished = generate(model, tok, prompts, batch_size=m.sample_batch_size,
+                                               desc=f"round {k}: sample", return_finished=True, shard=self.shard,
+                                               progress=self.world.main, **params)
+                return [None if t is None else (t, f) for t, f in zip(texts, finished)]
+            drawn = distributed.merge(self.world, draw)
+            texts, finished = [d[0] for d in drawn], [d[1] for d in drawn]
             # each sample carries its prompt, as pairs.jsonl does: what was asked is readable next to the answer
             records = [{"problem_id": p.id, "idx": j, "prompt": prompt, "text": t, "finished": f}
                        for p, prompt, ts, fs in zip(self.train_problems, prompts, texts, finished)
@@ -145,8 +187,8 @@ class Loop:
             if not samples:
                 return [], {} if self.bootstrap(k) else {"sample_accuracy": 0.0}
             runnable = [s for s in samples if s["finished"]]
-            verdicts = execution.judge([(self.by_id[s["problem_id"]], s["text"]) for s in runnable],
-                                       self.cfg.benchmark, desc=f"round {k}: execute", for_training=True)
+            verdicts = self.judge([(self.by_id[s["problem_id"]], s["text"]) for s in runnable], cfg=self.cfg.benchmark,
+                                  desc=f"round {k}: execute", for_training=True, progress=self.world.main)
             by_key = {(s["problem_id"], s["idx"]): v for s, v in zip(runnable, verdicts)}
             records = []
             for s in samples:
@@ -177,7 +219,8 @@ class Loop:
                 pairs = [{**pr, "round": k} for pr in pairs] + self._replayed(k, pairs)
                 stats["replayed"] = len(pairs) - len(new)
             return pairs, stats, lambda: self.logger.log_pairs(k, new, stats, samples, verdicts)
-        return self.run.cached_jsonl(k, "pair", "pairs.jsonl", compute)
+        # rank 0 pairs alone: cheap, and one seeded draw broadcast leaves no room for ranks to disagree
+        return self.run.cached_jsonl(k, "pair", "pairs.jsonl", compute, collective=False)
 
     def train(self, k: int, pairs: list[dict]) -> None:
         """adapter/: the LoRA adapter after round k's DPO + lambda*NLL (or SFT) fit on the round's pairs."""
@@ -191,13 +234,14 @@ class Loop:
         steps = self.run.manifest.setdefault("train_steps", {})
         offset = sum(v for kk, v in steps.items() if int(kk) < k)  # the logger's step axis continues
         stats = train_round(cfg, self.run.round_dir(k), k, offset, self.logger.lightning(), enc, ref,
-                            policy=lambda: self.policy(k - 1), release=self._release_policy)
+                            policy=lambda: self.policy(k - 1), release=self._release_policy, world=self.world)
         if self.model is not None:  # trained in this process: the policy in memory is round k's
             self._policy_round = k
         steps[str(k)] = stats["steps"]
         adapter_dir = self.run.round_dir(k) / "adapter"
-        record_base(self.run.round_dir(k) / ADAPTER_TMP, resolve_path(self.cfg.model, self.cfg.benchmark))
-        replace_dir(self.run.round_dir(k) / ADAPTER_TMP, adapter_dir)
+        if self.world.main:
+            record_base(self.run.round_dir(k) / ADAPTER_TMP, resolve_path(self.cfg.model, self.cfg.benchmark))
+            replace_dir(self.run.round_dir(k) / ADAPTER_TMP, adapter_dir)
         self.run.mark(k, "train", adapter_dir, time.time() - t0, **stats)
 
     def evaluate(self, k: int) -> float:
@@ -233,10 +277,13 @@ class Loop:
 
     def _score(self, k: int, problems: list, name: str, desc: str) -> dict:
         model, tok = self.policy(k)
-        preds = greedy(model, tok, [self.prompt(p) for p in problems], max_new_tokens=self.cfg.model.max_completion_len,
-                       batch_size=self.cfg.method.eval_batch_size, desc=desc)
+        preds = distributed.merge(self.world, lambda: greedy(
+            model, tok, [self.prompt(p) for p in problems], max_new_tokens=self.cfg.model.max_completion_len,
+            batch_size=self.cfg.method.eval_batch_size, desc=desc, shard=self.shard, progress=self.world.main))
         predictions = {p.id: t for p, t in zip(problems, preds, strict=True)}
-        return score_predictions(problems, predictions, self.cfg.benchmark, self.run.round_dir(k) / name)
+        out = self.run.round_dir(k) / name if self.world.main else None
+        return score_predictions(problems, predictions, self.cfg.benchmark, out, progress=self.world.main,
+                                 judge_items=lambda items, cfg, **kw: self.judge(items, cfg=cfg, **kw))
 
     def _replayed(self, k: int, current: list[dict]) -> list[dict]:
         """The pairs rounds k-R .. k-1 built themselves (not those they replayed), minus repeats of `current`."""
@@ -263,17 +310,23 @@ class Loop:
             "tokenizer": fingerprint(tok.get_vocab()), "reference": self.cfg.method.reference,
         })
         if self.run.done(k, "ref_logps"):
-            saved = torch.load(path)
+            saved = distributed.on_main(self.world, lambda: torch.load(path))
             if saved["fingerprint"] == fp:
                 return saved["logps"]
             log.warning("round %d: cached reference log-probs do not match the pairs/policy: recomputing", k)
         t0 = time.time()
+        use_base = self.cfg.method.reference == "base"
+        batches = ordered_batches(enc, self.cfg.method.batch_size, tok.pad_token_id)
         with autocast(self.cfg.trainer, self.device):  # the arithmetic `fit` will run the policy in
-            logps = reference_logps(model, ordered_batches(enc, self.cfg.method.batch_size, tok.pad_token_id),
-                                    use_base=self.cfg.method.reference == "base")
-        buf = io.BytesIO()
-        torch.save({"fingerprint": fp, "logps": logps}, buf)
-        atomic_write_bytes(path, buf.getvalue())
+            if self.world.size == 1:
+                logps = reference_logps(model, batches, use_base=use_base)
+            else:  # each rank the same batches' log-probs as one process computes them: every size-th batch
+                logps = torch.cat(distributed.split_map(self.world, list(batches), lambda part: [
+                    reference_logps(model, [b], use_base=use_base, progress=False) for b in part]))
+        if self.world.main:
+            buf = io.BytesIO()
+            torch.save({"fingerprint": fp, "logps": logps}, buf)
+            atomic_write_bytes(path, buf.getvalue())
         self.run.mark(k, "ref_logps", path, time.time() - t0, pairs=int(logps.shape[0]))
         return logps
 
@@ -295,14 +348,12 @@ class Loop:
         self.run.close()
 
 
-def check_run_config(cfg) -> None:
-    """Cross-group checks of a train config, before anything loads."""
+def check_run_config(cfg, world: distributed.World = distributed.World()) -> None:
+    """Cross-group checks of a train config against the launched world, before anything loads."""
     if cfg.method.reference == "base" and cfg.method.adapter == "fresh":
         raise ConfigError("method.reference: `base` needs method.adapter=continue (a fresh adapter on merged "
                           "weights has no adapter-free base to fall back to)")
-    if cfg.trainer.num_nodes > 1:  # every strategy on several nodes needs the relaunch path (training.strategies)
-        raise ConfigError(f"trainer.num_nodes: {cfg.trainer.num_nodes} needs ranks started on every node, and lutra "
-                          "starts its training workers on this node only (torchrun --standalone); see docs/gpu.md")
+    distributed.check_config(cfg, world)
 
 
 def _held_text(info: dict) -> str:

@@ -9,6 +9,12 @@
 
 A restart with the same run directory skips finished stages (after re-checking their artifacts' sha256) and
 redoes the first unfinished one; a changed config is refused with the keys that differ.
+
+In a data-parallel world (`lutra.distributed`) rank 0 alone holds the lock and writes the directory; every rank
+holds a copy of the manifest's stage records, which rank 0 broadcasts at each `mark`, so all ranks skip the same
+stages. A stage every rank computes a shard of (`collective`) is then written by rank 0 and its artifact
+broadcast; a stage read back on resume is read by rank 0 and broadcast. The directory must be on a file system
+every node sees (the ranks load the rounds' adapters from it): `open` checks that.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from lutra.artifacts import (
     write_jsonl,
 )
 from lutra.config import ConfigError, to_dict
+from lutra.distributed import World, all_gather, on_main
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +74,28 @@ def versions() -> dict:
 
 
 class Run:
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, cfg, world: World = World()):
+        self.cfg, self.world = cfg, world
         self.dir = Path(cfg.run_dir)
         self.lock = RunLock(self.dir)
         self.manifest: dict = {}
 
     def open(self) -> Run:
+        if self.world.size == 1:
+            return self._open()
+        self.manifest = on_main(self.world, lambda: self._open().manifest)
+        all_gather(self.world, self._check_visible)
+        return self
+
+    def _check_visible(self) -> None:
+        if not (self.dir / "manifest.json").is_file():
+            import socket
+
+            raise ConfigError(f"run_dir {self.dir.resolve()} is not visible from {socket.gethostname()} ({self.world}):"
+                              " rank 0 wrote its manifest there. Put run_dir (hydra.run.dir) on a file system every"
+                              " node shares, at the same path.")
+
+    def _open(self) -> Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         stray = clean_temp(self.dir)
@@ -107,11 +129,13 @@ class Run:
         self.lock.release()
 
     def save(self) -> None:
-        write_json(self.dir / "manifest.json", self.manifest)
+        if self.world.main:
+            write_json(self.dir / "manifest.json", self.manifest)
 
     def round_dir(self, k: int) -> Path:
         d = self.dir / f"round_{k}"
-        d.mkdir(parents=True, exist_ok=True)
+        if self.world.main:
+            d.mkdir(parents=True, exist_ok=True)
         return d
 
     @staticmethod
@@ -129,33 +153,47 @@ class Run:
         return f"round_{k}/{stage}" in self.manifest["stages"]
 
     def mark(self, k: int, stage: str, artifact: Path, seconds: float, **info) -> None:
+        """Record the stage done (rank 0 hashes the artifact and saves; every rank gets the stage records)."""
+        self.manifest["stages"] = on_main(self.world, lambda: self._record(k, stage, artifact, seconds, **info))
+
+    def _record(self, k: int, stage: str, artifact: Path, seconds: float, **info) -> dict:
         rel = str(Path(artifact).relative_to(self.dir))
         self.manifest["stages"][f"round_{k}/{stage}"] = {"artifact": rel, "sha256": self._sha(Path(artifact)),
                                                          "seconds": round(seconds, 2), **info}
         self.save()
+        return self.manifest["stages"]
 
     def stage_info(self, k: int, stage: str) -> dict:
         return self.manifest["stages"].get(f"round_{k}/{stage}", {})
 
-    def cached_jsonl(self, k: int, stage: str, name: str, compute) -> list[dict]:
+    def cached_jsonl(self, k: int, stage: str, name: str, compute, *, collective: bool = True) -> list[dict]:
         """round_k/`name` (JSON lines) of `stage`: read back when the stage is done, else made by `compute`."""
-        return self._cached(k, stage, name, compute, read_jsonl, write_jsonl)
+        return self._cached(k, stage, name, compute, read_jsonl, write_jsonl, collective)
 
-    def cached_json(self, k: int, stage: str, name: str, compute) -> dict:
-        return self._cached(k, stage, name, compute, read_json, write_json)
+    def cached_json(self, k: int, stage: str, name: str, compute, *, collective: bool = True) -> dict:
+        return self._cached(k, stage, name, compute, read_json, write_json, collective)
 
-    def _cached(self, k: int, stage: str, name: str, compute, read, write):
+    def _cached(self, k: int, stage: str, name: str, compute, read, write, collective: bool):
         """`compute()` returns (artifact, manifest info) or (artifact, info, after): the artifact is written
         atomically, the stage marked done with its time and info, then `after()` runs (a logger call, so it runs
-        once per finished stage, never for a stage read back on resume)."""
+        once per finished stage, never for a stage read back on resume). collective: every rank of a
+        data-parallel world runs `compute` (its shard); else rank 0 alone. Either way rank 0 writes, and every
+        rank returns rank 0's artifact."""
         path = self.round_dir(k) / name
         if self.done(k, stage):
-            return read(path)
+            return on_main(self.world, lambda: read(path))
         t0 = time.time()
-        out, info, *after = compute()
-        write(path, out)
-        self.mark(k, stage, path, time.time() - t0, **info)
-        for fn in after:
-            fn()
+        made = compute() if collective else None
+
+        def finish():
+            out, info, *after = made if collective else compute()
+            write(path, out)
+            self._record(k, stage, path, time.time() - t0, **info)
+            for fn in after:
+                fn()
+            return out, self.manifest["stages"]
+        if self.world.size == 1:
+            return finish()[0]
+        out, self.manifest["stages"] = on_main(self.world, finish)
         return out
 

@@ -149,11 +149,13 @@ def check_gold(problems: list[Problem], bench_cfg, *, progress: bool = True) -> 
 
 def score_predictions(problems: list[Problem], predictions: dict[str, str], bench_cfg, out_dir: str | Path, *,
                       subset: bool = False, progress: bool = True, broken_gold: dict[str, str] | None = None,
-                      skipped: dict[str, str] | None = None) -> dict[str, Any]:
-    """Judge `predictions` ({id: program}) against `problems`; write verdicts.jsonl and summary.json to out_dir.
+                      skipped: dict[str, str] | None = None, judge_items=judge) -> dict[str, Any]:
+    """Judge `predictions` ({id: program}) against `problems`; write verdicts.jsonl and summary.json to out_dir
+    (None: write nothing, as on a data-parallel rank other than 0).
 
     Ids of `problems` without a prediction are listed and scored wrong (status `missing`, or the reason given
     in `skipped`, e.g. prompt_too_long), unless subset=True, which scores only the ids present.
+    judge_items: `lutra.execution.judge` or a function of the same signature (the loop's shards it over ranks).
     """
     known = {p.id for p in problems}
     unknown = sorted(set(predictions) - known, key=_natural)
@@ -163,18 +165,20 @@ def score_predictions(problems: list[Problem], predictions: dict[str, str], benc
         problems = [p for p in problems if p.id in predictions]
     judged = [p for p in problems if p.id in predictions]
     check_databases(judged)
-    found = judge([(p, predictions[p.id]) for p in judged], bench_cfg, progress=progress, desc="score")
+    found = judge_items([(p, predictions[p.id]) for p in judged], bench_cfg, progress=progress, desc="score")
     by_id = dict(zip((p.id for p in judged), found, strict=True))
     skipped = skipped or {}
     verdicts = [by_id.get(p.id) or Verdict(skipped.get(p.id, "missing"), False, 0.0, "no prediction")
                 for p in problems]
-    write_jsonl(Path(out_dir) / "verdicts.jsonl", [
-        {"id": p.id, "status": v.status, "correct": v.correct, "seconds": round(v.seconds, 4), "error": v.error,
-         "prediction": predictions.get(p.id)} for p, v in zip(problems, verdicts, strict=True)])
+    if out_dir is not None:
+        write_jsonl(Path(out_dir) / "verdicts.jsonl", [
+            {"id": p.id, "status": v.status, "correct": v.correct, "seconds": round(v.seconds, 4), "error": v.error,
+             "prediction": predictions.get(p.id)} for p, v in zip(problems, verdicts, strict=True)])
     summary = summarize(problems, verdicts, broken_gold=broken_gold,
                         exclude_broken_gold=bool(bench_cfg.options.get("exclude_broken_gold", False)))
     missing = sorted((p.id for p in problems if p.id not in predictions), key=_natural)
     summary.update(benchmark=bench_cfg.name, comparison=bench_cfg.comparison, subset=subset,
                    n_missing=len(missing), missing=missing)
-    write_json(Path(out_dir) / "summary.json", summary)
+    if out_dir is not None:
+        write_json(Path(out_dir) / "summary.json", summary)
     return summary

@@ -9,6 +9,10 @@ execution accuracy (what a Hydra sweeper optimises).
 Before any work, `model.path` and the benchmark's data root are checked (lutra.preflight): a missing model or
 data folder is one line naming the key and the fix, exit 2, and the run directory Hydra made is removed. Ctrl-C
 prints where the run stopped and exits 130; re-running the same command resumes there.
+
+Under torchrun or srun every rank runs this entry point (data-parallel rounds, `lutra.distributed`): Hydra composes
+the same config on each, and only rank 0 writes `.hydra/` and `train.log` or removes a fresh run directory; the other
+ranks log warnings and errors to the console, prefixed with their rank.
 """
 
 from __future__ import annotations
@@ -108,9 +112,29 @@ def where_stopped(cfg) -> str:
 
 def _fail(run_dir: str | None, message) -> None:
     log.error("%s", message)
-    if run_dir:
+    if run_dir and _rank() == 0:
         preflight.discard_fresh_run_dir(run_dir)
     raise SystemExit(2)
+
+
+def _rank() -> int:
+    from lutra.distributed import rank_from_env
+
+    return rank_from_env()
+
+
+def _quiet_peer(rank: int) -> None:
+    """A data-parallel rank other than 0: no train.log (rank 0 writes it), warnings and errors on the console with
+    the rank in front. Hydra's own outputs on these ranks are turned off by `main` (torchrun, srun); inside a
+    submitit task, which calls Hydra's job itself, its file handler is dropped here."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+        elif handler.formatter is not None:
+            handler.setFormatter(logging.Formatter(f"[rank {rank}]" + handler.formatter._fmt))
+    logging.getLogger("lutra").setLevel(logging.WARNING)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -118,6 +142,9 @@ def _main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = HydraConfig.get().runtime.output_dir
+    rank = _rank()
+    if rank:
+        _quiet_peer(rank)
     signal.signal(signal.SIGINT, _Interrupt.handler)
     try:
         return _run(cfg, run_dir)
@@ -128,7 +155,8 @@ def _main(cfg: DictConfig) -> float:
         typed = _Interrupt.cfg
         where = where_stopped(typed) if typed is not None else "start-up (before round 0)"
         log.warning("interrupted in %s; re-run the same command to resume", where)
-        preflight.discard_fresh_run_dir(run_dir)  # a run with no finished stage has nothing to resume
+        if rank == 0:
+            preflight.discard_fresh_run_dir(run_dir)  # a run with no finished stage has nothing to resume
         raise SystemExit(130) from None
 
 
@@ -150,18 +178,24 @@ def _run(cfg: DictConfig, run_dir: str) -> float:
     route_library_logs()
     from lutra.artifacts import RunLockedError
     from lutra.benchmarks import BenchmarkError
+    from lutra.distributed import PeerError
     from lutra.loop import run
 
     try:
         return run(typed)
     except (ConfigError, BenchmarkError, RunLockedError) as e:
         _fail(run_dir, preflight.with_data_hint(e, typed.benchmark))
+    except PeerError as e:  # another rank failed and printed why; this one stops with one line
+        log.warning("%s", e)
+        raise SystemExit(1) from None
 
 
 def main() -> float | None:
     """The `lutra-train` / `python -m lutra.train` entry point: lutra's --help, else Hydra."""
     if cli_help.requested(sys.argv[1:]):
         sys.exit(cli_help.main(HELP, sys.argv[1:]))
+    if _rank():  # a data-parallel rank other than 0: rank 0 alone writes .hydra/ and train.log in the run directory
+        sys.argv += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]"]
     return _main()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from omegaconf import MISSING
 
@@ -33,6 +34,9 @@ class TrainConfig:
     """Sampling backend for the train problems: hf (KV-shared sampler) | vllm | auto (vllm when it can run)."""
     vllm_gpu_memory_utilization: float = 0.5
     """Share of GPU memory vLLM may take while sampling (sampler=vllm)."""
+    vllm_tensor_parallel_size: Optional[int] = None
+    """GPUs one vLLM engine shards its weights and KV cache over (null: 1). One process: vLLM's own workers; under
+    torchrun / srun: that many consecutive ranks of one node form one engine (docs/gpu.md)."""
     resume: str = "auto"
     """auto: resume a run dir with the same config, refuse a changed one; force: resume despite changes."""
     log_level: str = "INFO"
@@ -42,5 +46,7 @@ class TrainConfig:
         _check(self.rounds >= 0, "rounds", f"must be >= 0, got {self.rounds}")
         _one_of(self.resume, "resume", ("auto", "force"))
         _one_of(self.sampler, "sampler", ("hf", "vllm", "auto"))
+        _check(self.vllm_tensor_parallel_size is None or self.vllm_tensor_parallel_size > 0,
+               "vllm_tensor_parallel_size", "must be > 0 or null")
         _check(self.sampler == "hf" or self.method is MISSING or getattr(self.method, "adapter", "continue") == "continue",
                "sampler", "vllm needs method.adapter=continue (it loads one adapter on the base)")

@@ -7,6 +7,11 @@ The cache writes each step's keys and values into preallocated buffers instead o
 concatenating the whole cache per step (`_growing_cache_class`; bench/sampling.py measured 1.2-1.4x at N=8-16
 on ~30-token programs, within noise on today's ~19-token mini_sql programs).
 Seeded per batch, so a stage re-run after a crash draws the same samples on the same hardware.
+
+`shard=(rank, world)` decodes only every world-th batch of that same batching (batch b on rank b % world): each
+batch keeps its prompts, its padding and its seed, so the ranks' union is bit-identical to the one-process run on
+the same hardware (`lutra.distributed`). A per-prompt seed alone would fix the draws but not the arithmetic: a
+prompt batched with other prompts is padded and reduced differently.
 """
 
 from __future__ import annotations
@@ -144,12 +149,14 @@ def _generate_batch(model, prompt_ids, *, n, temperature, top_p, max_new_tokens,
 
 def generate(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
              max_new_tokens: int = 128, batch_size: int = 32, seed: int = 0, progress: bool = True,
-             desc: str = "sample", return_finished: bool = False):
+             desc: str = "sample", return_finished: bool = False, shard: tuple[int, int] = (0, 1)):
     """n completions (text, EOS stripped) for each prompt string; temperature 0 = greedy.
 
     With return_finished, also a parallel list of flags: False where a sample hit max_new_tokens without EOS
     (lutra labels such samples as truncated instead of executing a cut-off program).
+    shard=(rank, world): only the batches b with b % world == rank; the other prompts' entries are None.
     """
+    rank, world = shard
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -161,11 +168,15 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: f
     if gen_eos is not None:
         eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts: list[list[str]] = [[] for _ in prompts]
-    flags: list[list[bool]] = [[] for _ in prompts]
-    bar = tqdm(total=len(prompts) * n, desc=desc, disable=not progress, unit="seq", leave=False)
-    for b, start in enumerate(range(0, len(order), batch_size)):
+    starts = list(enumerate(range(0, len(order), batch_size)))[rank::world]
+    texts: list = [[] if world == 1 else None for _ in prompts]
+    flags: list = [[] if world == 1 else None for _ in prompts]
+    total = sum(len(order[start : start + batch_size]) for _, start in starts) * n
+    bar = tqdm(total=total, desc=desc, disable=not progress, unit="seq", leave=False)
+    for b, start in starts:
         idx = order[start : start + batch_size]
+        for i in idx:
+            texts[i], flags[i] = [], []
         gen = torch.Generator(device="cpu" if device.type != "cuda" else device).manual_seed(seed * 1_000_003 + b)
         toks, fin = _generate_batch(model, [encoded[i] for i in idx], n=n, temperature=temperature, top_p=top_p,
                                     max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, gen=gen,
@@ -181,9 +192,10 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: f
 
 
 def greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 32, progress: bool = True,
-           desc: str = "greedy") -> list[str]:
+           desc: str = "greedy", shard: tuple[int, int] = (0, 1)) -> list:
     """One greedy completion per prompt: the decoding of every evaluation (the loop's rounds, `lutra.evaluate`,
-    the tiny warm start's checks). Greedy draws no random numbers, so no seed."""
+    the tiny warm start's checks). Greedy draws no random numbers, so no seed. `shard` as in `generate` (None
+    where another rank decodes)."""
     outs = generate(model, tokenizer, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
-                    batch_size=batch_size, progress=progress, desc=desc)
-    return [o[0] for o in outs]
+                    batch_size=batch_size, progress=progress, desc=desc, shard=shard)
+    return [None if o is None else o[0] for o in outs]

@@ -19,6 +19,12 @@ weights to CPU, KV cache freed) so training gets the GPU memory back; `gpu_memor
 the GPU the engine may take while awake, next to the policy the loop keeps for training. Adapters are applied
 to the original base, so it serves `method.adapter=continue`; `fresh` (merged weights) would need the merged
 base saved per round.
+
+Several GPUs (docs/gpu.md, "vLLM on several GPUs"): `tensor_parallel_size` = t shards one engine's weights and KV
+cache over t GPUs. In one process that is vLLM's own multiprocessing executor; in a data-parallel world (torchrun /
+srun ranks, `lutra.distributed`) every rank builds its engine with `distributed_executor_backend="external_launcher"`
+(vLLM's torchrun interface): t consecutive ranks form one engine, and the world holds size / t engines, each
+sampling every (size / t)-th prompt with that prompt's own seed. Not run on a GPU yet (bench/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -131,15 +137,28 @@ def _import_vllm():
     return vllm
 
 
+def engine_kwargs(world_size: int, tensor_parallel_size: int) -> dict:
+    """vLLM's parallelism arguments: one process (vLLM starts its own tensor-parallel workers), or one engine per
+    `tensor_parallel_size` ranks of a launched world (external_launcher: the ranks are the engine's workers)."""
+    t = tensor_parallel_size
+    if world_size == 1:
+        return {"tensor_parallel_size": t}
+    if world_size % t:
+        raise ValueError(f"vllm_tensor_parallel_size={t} must divide the {world_size} launched ranks")
+    return {"tensor_parallel_size": t, "data_parallel_size": world_size // t,
+            "distributed_executor_backend": "external_launcher"}
+
+
 def _engine(model_path: str, *, dtype: str, max_model_len: int | None, max_lora_rank: int, seed: int,
-            gpu_memory_utilization: float) -> dict:
+            gpu_memory_utilization: float, parallel: dict | None = None) -> dict:
     """{"llm": vllm.LLM, "sleeps": sleep mode on, "asleep": state}, created once per key."""
-    key = (model_path, dtype, max_model_len, max_lora_rank, gpu_memory_utilization)
+    parallel = parallel or {}
+    key = (model_path, dtype, max_model_len, max_lora_rank, gpu_memory_utilization, tuple(sorted(parallel.items())))
     if key not in _ENGINES:
         vllm = _import_vllm()
         kw = {"model": model_path, "tokenizer": model_path, "dtype": dtype, "enable_lora": True,
               "max_lora_rank": max_lora_rank, "seed": seed, "gpu_memory_utilization": gpu_memory_utilization,
-              "max_model_len": max_model_len}
+              "max_model_len": max_model_len, **parallel}
         sleeps = hasattr(vllm.LLM, "sleep")  # vLLM >= 0.7.3
         llm = vllm.LLM(**kw, enable_sleep_mode=True) if sleeps else vllm.LLM(**kw)
         _ENGINES[key] = {"llm": llm, "sleeps": sleeps, "asleep": False}
@@ -159,22 +178,30 @@ def _lora_request(adapter_dir: str | None):
 
 def generate(model_path: str, adapter_dir: str | None, tokenizer, prompts: list[str], *, n: int, temperature: float,
              top_p: float, max_new_tokens: int, seed: int, dtype: str = "bfloat16", max_model_len: int | None = None,
-             lora_r: int = 16, gpu_memory_utilization: float = 0.5, progress: bool = True):
+             lora_r: int = 16, gpu_memory_utilization: float = 0.5, progress: bool = True,
+             world=None, tensor_parallel_size: int = 1):
     """n completions per prompt string with vLLM: (texts, finished), as lutra.policy.sampling.generate returns them.
 
     adapter_dir: a peft adapter saved with save_pretrained (None: the base alone).
+    world: a launched `lutra.distributed.World` of several ranks: this rank's engine samples its data-parallel
+    share of the prompts (the others' entries are None), each prompt still with its own seed.
     Raises ImportError with the install command when vLLM is absent.
     """
     _import_vllm()
     from vllm import SamplingParams  # optional dependency (the vllm extra)
 
+    size = world.size if world is not None else 1
     engine = _engine(model_path, dtype=dtype, max_model_len=max_model_len, max_lora_rank=lora_rank(lora_r),
-                     seed=seed, gpu_memory_utilization=gpu_memory_utilization)
+                     seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                     parallel=engine_kwargs(size, tensor_parallel_size))
+    dp_rank, dp_size = (world.rank // tensor_parallel_size, size // tensor_parallel_size) if size > 1 else (0, 1)
+    mine = list(range(dp_rank, len(prompts), dp_size))
     stops = stop_token_ids(tokenizer, model_path)
+    seeds = request_seeds(seed, len(prompts))
     params = [SamplingParams(**sampling_kwargs(n=n, temperature=temperature, top_p=top_p,
-                                               max_new_tokens=max_new_tokens, seed=s, stop_token_ids=sorted(stops)))
-              for s in request_seeds(seed, len(prompts))]
-    inputs = [{"prompt_token_ids": encode_prompt(tokenizer, p)} for p in prompts]
+                                               max_new_tokens=max_new_tokens, seed=seeds[i],
+                                               stop_token_ids=sorted(stops))) for i in mine]
+    inputs = [{"prompt_token_ids": encode_prompt(tokenizer, prompts[i])} for i in mine]
     llm = engine["llm"]
     if engine["asleep"]:
         llm.wake_up()
@@ -185,4 +212,10 @@ def generate(model_path: str, adapter_dir: str | None, tokenizer, prompts: list[
         if engine["sleeps"]:  # level 1: weights to CPU memory, KV cache dropped; training gets the GPU back
             llm.sleep(level=1)
             engine["asleep"] = True
-    return to_records(outputs, tokenizer, stops)
+    texts, finished = to_records(outputs, tokenizer, stops)
+    if dp_size == 1:
+        return texts, finished
+    all_texts, all_finished = [None] * len(prompts), [None] * len(prompts)
+    for j, i in enumerate(mine):
+        all_texts[i], all_finished[i] = texts[j], finished[j]
+    return all_texts, all_finished

@@ -60,10 +60,16 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.enc.prompts)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i) -> dict:
+        """Item i; i = (index, pair_scale, token_scale) from a split BucketSampler carries its slice's scales."""
+        scale = None
+        if isinstance(i, tuple):
+            i, *scale = i
         item = {"i": i, "prompt": self.enc.prompts[i], "chosen": self.enc.chosen[i], "rejected": self.enc.rejected[i]}
         if self.ref is not None:
             item["ref"] = self.ref[i]
+        if scale is not None:
+            item["scale"] = tuple(scale)
         return item
 
 
@@ -96,6 +102,8 @@ def collate(items: list[dict], pad_id: int) -> dict:
     }
     if "ref" in items[0]:
         batch["ref"] = torch.stack([it["ref"] for it in items])  # (B, 2): chosen, rejected
+    if "scale" in items[0]:
+        batch["scale"] = items[0]["scale"]  # (pairs, tokens) weights of a rank's slice (BucketSampler, split)
     return batch
 
 
@@ -113,10 +121,19 @@ class BucketSampler(torch.utils.data.Sampler):
     mostly holds one prompt family (one database's schema) in random order: its shared prefix is computed once
     (lutra.policy.logprobs.completion_logps). Stateful (epoch + position): a resumed epoch
     neither repeats nor skips batches.
+
+    Under DDP every rank draws the same global order (same seed). By default each rank takes every world-th batch
+    (`trainer=ddp`: batch_size pairs per rank). `split=True` (data-parallel rounds, `lutra.distributed`) keeps the
+    one-process batches and gives each rank a 1/world slice of every one, so a step sees the same batch_size pairs
+    on any number of ranks. Each slice carries weights (`_slice`) that make the mean over ranks, which DDP's
+    gradient averaging takes, the global batch's loss: pairs share for the per-pair means (DPO, seq_mean NLL),
+    completion-token share for token_mean NLL (`lengths`: completion tokens per item).
     """
 
-    def __init__(self, keys: list, batch_size: int, seed: int):
+    def __init__(self, keys: list, batch_size: int, seed: int, *, split: bool = False,
+                 lengths: list[int] | None = None):
         self.keys, self.batch_size, self.seed = keys, batch_size, seed
+        self.split, self.lengths = split, lengths
         self.epoch, self.position = 0, 0
 
     @staticmethod
@@ -136,11 +153,27 @@ class BucketSampler(torch.utils.data.Sampler):
             batches += [part[j : j + self.batch_size] for j in range(0, len(part), self.batch_size)]
         rng.shuffle(batches)
         world, rank = self._world()
+        if world > 1 and self.split:
+            return [self._slice(b, world, rank) for b in batches]
         if world > 1:  # every rank draws the same global order (same seed) and takes every world-th batch;
             # cycling pads the list so all ranks take the same number of steps (DDP would hang otherwise)
             n = -(-len(batches) // world) * world
             batches = [batches[i % len(batches)] for i in range(n)][rank::world]
         return batches
+
+    def _slice(self, batch: list[int], world: int, rank: int) -> list[tuple]:
+        """This rank's contiguous slice of a global batch as (index, pair_scale, token_scale) items: scale =
+        world * slice share, so a full batch split evenly has pair_scale exactly 1. A short last batch can leave a
+        rank an empty slice: it gets the batch's first pair with scales 0 (DDP needs every rank to step)."""
+        per = -(-len(batch) // world)
+        part = batch[rank * per : (rank + 1) * per]
+        if not part:
+            return [(batch[0], 0.0, 0.0)]
+        lengths = self.lengths or [1] * len(self.keys)
+        tokens = sum(lengths[i] for i in batch)
+        pair_scale = world * len(part) / len(batch)
+        token_scale = world * sum(lengths[i] for i in part) / tokens
+        return [(i, pair_scale, token_scale) for i in part]
 
     def __iter__(self):
         batches = self._batches()
@@ -153,7 +186,8 @@ class BucketSampler(torch.utils.data.Sampler):
         self.epoch, self.position = self.epoch + 1, 0
 
     def __len__(self) -> int:
-        return -(-((len(self.keys) + self.batch_size - 1) // self.batch_size) // self._world()[0])
+        batches = (len(self.keys) + self.batch_size - 1) // self.batch_size
+        return batches if self.split else -(-batches // self._world()[0])
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
@@ -165,10 +199,12 @@ class BucketSampler(torch.utils.data.Sampler):
 class PreferenceDataModule(L.LightningDataModule):
     """Serves one round's encoded pairs (rebuilt every round), with the reference log-probs attached."""
 
-    def __init__(self, enc: EncodedPairs, ref: torch.Tensor | None, batch_size: int, pad_id: int, seed: int):
+    def __init__(self, enc: EncodedPairs, ref: torch.Tensor | None, batch_size: int, pad_id: int, seed: int, *,
+                 split: bool = False):
         super().__init__()
         self.dataset = PairDataset(enc, ref)
-        self.sampler = BucketSampler([bucket_key(p) for p in enc.prompts], batch_size, seed)
+        self.sampler = BucketSampler([bucket_key(p) for p in enc.prompts], batch_size, seed, split=split,
+                                     lengths=[len(c) for c in enc.chosen])
         self.pad_id = pad_id
 
     def train_dataloader(self) -> DataLoader:

@@ -43,14 +43,24 @@ class PolicyModule(L.LightningModule):
         m = self.method
         logps, lengths = completion_logps(self.model, batch)
         b = batch["index"].numel()
+        # a rank's slice of a data-parallel round's global batch (BucketSampler split) is weighted so that the mean
+        # over ranks, which DDP's gradient averaging and sync_dist's metric averaging take, is the global batch's
+        pairs, tokens = batch.get("scale", (1.0, 1.0))
+        nll_scale = tokens if m.nll_reduction == "token_mean" else pairs
         if m.loss == "sft":
             loss, metrics = sft_loss(logps, lengths, nll_reduction=m.nll_reduction)
+            if "scale" in batch:
+                loss = loss * nll_scale
         else:
             ref = batch["ref"]
             loss, metrics = dpo_nll_loss(
-                logps[:b], logps[b:], ref[:, 0], ref[:, 1], lengths[:b], beta=m.beta, dpo_weight=m.dpo_weight,
-                nll_weight=m.nll_weight, nll_reduction=m.nll_reduction,
+                logps[:b], logps[b:], ref[:, 0], ref[:, 1], lengths[:b], beta=m.beta,
+                dpo_weight=m.dpo_weight * pairs if "scale" in batch else m.dpo_weight,
+                nll_weight=m.nll_weight * nll_scale if "scale" in batch else m.nll_weight,
+                nll_reduction=m.nll_reduction,
             )
+        if "scale" in batch:
+            metrics = {k: v * (nll_scale if k == "loss/nll" else pairs) for k, v in metrics.items()}
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b, sync_dist=True)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=b, sync_dist=True)
         return loss

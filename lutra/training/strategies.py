@@ -26,6 +26,11 @@ that Hydra started. How a strategy creates its processes therefore decides wheth
   `relaunch_ok=True` (only the worker does), so no other code path can build a Trainer that would re-run the command.
 - `none` (auto, cpu, gpu: one device): `fit` runs in the main process.
 
+Data-parallel rounds (the loop itself started on every rank by torchrun or srun, `lutra.distributed`) are none of
+these: every rank builds its Trainer with `relaunch_ok=True` and the launcher's cluster environment
+(`cluster_environment=`: Lightning's TorchElasticEnvironment or SLURMEnvironment), finds the process group the loop
+joined, and starts nothing (`lutra.training.fit.over_world`).
+
 Rank-0-only writes: in `spawn` mode only the main process writes run artifacts; in worker mode only the loop and
 rank 0 of the workers do (`process_rank() == 0` tells a rank before any process group exists).
 """
@@ -101,9 +106,20 @@ def is_decoder_layer(module: torch.nn.Module) -> bool:
     return type(module).__name__.endswith(("DecoderLayer", "Block"))
 
 
-def strategy(tcfg):
-    """A Lightning strategy name or object for `tcfg.strategy` (Lightning's own strategies, configured)."""
+def sharded(tcfg) -> bool:
+    """FSDP or DeepSpeed: the module's parameters (or their state) are split over the ranks."""
+    return str(tcfg.strategy).startswith(("fsdp", "deepspeed"))
+
+
+def strategy(tcfg, cluster_environment=None):
+    """A Lightning strategy name or object for `tcfg.strategy` (Lightning's own strategies, configured).
+    cluster_environment: the launcher's (data-parallel rounds); None lets Lightning pick, as before."""
     name = str(tcfg.strategy)
+    env = {} if cluster_environment is None else {"cluster_environment": cluster_environment}
+    if cluster_environment is not None and name.split("_find_unused")[0] == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=name.endswith("_true"), **env)
     if name.split("_find_unused")[0] in SPAWN_STRATEGIES:
         from lightning.pytorch.plugins.environments import LightningEnvironment
         from lightning.pytorch.strategies import DDPStrategy
@@ -118,19 +134,24 @@ def strategy(tcfg):
         # use_orig_params: LoRA leaves most parameters frozen; FSDP's flat parameters need it to mix them
         return FSDPStrategy(auto_wrap_policy=functools.partial(lambda_auto_wrap_policy, lambda_fn=is_decoder_layer),
                             use_orig_params=True, sharding_strategy="FULL_SHARD", state_dict_type="full",
-                            limit_all_gathers=True)
+                            limit_all_gathers=True, **env)
     if name == "deepspeed":
         if tcfg.deepspeed_stage not in (1, 2, 3):
             raise ConfigError(f"trainer.deepspeed_stage: 1, 2 or 3 with strategy=deepspeed, got {tcfg.deepspeed_stage}")
+        if env:
+            from lightning.pytorch.strategies import DeepSpeedStrategy
+
+            return DeepSpeedStrategy(stage=tcfg.deepspeed_stage, **env)
         return f"deepspeed_stage_{tcfg.deepspeed_stage}"  # Lightning's registry; needs `pip install deepspeed`
     return name
 
 
-def trainer_kwargs(tcfg, *, relaunch_ok: bool = False) -> dict:
+def trainer_kwargs(tcfg, *, relaunch_ok: bool = False, cluster_environment=None) -> dict:
     """Keyword arguments for `lightning.Trainer` from a TrainerConfig.
 
     relaunch_ok: the caller runs correctly when every rank executes the whole script (see the module docstring);
     without it a `relaunch` strategy raises ConfigError before any process starts.
+    cluster_environment: the launcher's, for a strategy over ranks that already exist (see `strategy`).
     """
     mode = launcher(tcfg)
     if mode == "relaunch" and not relaunch_ok:
@@ -138,7 +159,7 @@ def trainer_kwargs(tcfg, *, relaunch_ok: bool = False) -> dict:
             f"trainer.strategy: {tcfg.strategy!r} on {world_size(tcfg)} device(s) x {tcfg.num_nodes} node(s) makes "
             "Lightning re-run the whole command on every rank; build its Trainer in lutra.training.worker (torchrun "
             "workers for fit alone, as the loop does), not in a process that runs the loop. See docs/gpu.md.")
-    return {"accelerator": tcfg.accelerator, "devices": tcfg.devices, "strategy": strategy(tcfg),
+    return {"accelerator": tcfg.accelerator, "devices": tcfg.devices, "strategy": strategy(tcfg, cluster_environment),
             "precision": precision(tcfg), "num_nodes": tcfg.num_nodes,
             "accumulate_grad_batches": tcfg.accumulate_grad_batches, "gradient_clip_val": tcfg.gradient_clip_val,
             "log_every_n_steps": tcfg.log_every_n_steps, "enable_progress_bar": tcfg.enable_progress_bar,
@@ -176,10 +197,12 @@ def fit(trainer, module, datamodule=None) -> int:
     """`trainer.fit`, returning the optimizer steps taken.
 
     Under a spawn launcher the main process's `trainer.global_step` stays 0 (its fit loop never ran); the count
-    comes back from rank 0 instead. After a `relaunch` fit the process group is torn down so the next round's
-    Trainer starts a fresh one with its newly launched ranks rather than reusing the exited ones. The module ends on
-    the device it started on (Lightning's teardown moves it to the CPU).
+    comes back from rank 0 instead. After a `relaunch` fit the process group Lightning created is torn down so the
+    next round's Trainer starts a fresh one with its newly launched ranks rather than reusing the exited ones; a
+    group that existed before `fit` (a data-parallel round's) is left alone. The module ends on the device it
+    started on (Lightning's teardown moves it to the CPU).
     """
+    owned = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     if launcher_of(trainer) == "spawn" and torch.cuda.is_available():
         torch.cuda.empty_cache()  # the workers need the memory the main process's sampler cached
     trainer.callbacks.append(StepCount())
@@ -188,7 +211,7 @@ def fit(trainer, module, datamodule=None) -> int:
     module.to(device)  # Lightning's teardown leaves it on the CPU; the loop samples and evaluates with it next
     steps = trainer.global_step or int(trainer.callback_metrics.pop(STEPS_KEY, torch.tensor(0.0)).item())
     trainer.callback_metrics.pop(STEPS_KEY, None)
-    if launcher_of(trainer) == "relaunch" and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if owned and launcher_of(trainer) == "relaunch" and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return steps
 
