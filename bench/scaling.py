@@ -13,11 +13,22 @@ The Llama-3-8B estimate (`estimate_8b`) combines this run's measured work per pr
 pairs per problem, execution seconds per sample) with GPU throughput ASSUMPTIONS (named in the output), at the
 paper's sizes (500 train problems, M = 8, K = 4, four rounds). It is arithmetic, not a measurement.
 Writes bench/results/scaling.json.
+
+    python bench/scaling.py --ranks 1,2 [--n-train 64] [--n-eval 64] [--samples 4]
+
+Data-parallel rounds (lutra.distributed): the same round in one process and under `torchrun --standalone
+--nproc-per-node=R` on this machine, seconds per stage from each manifest, then `estimate_world`'s per-stage model
+for 8 GPUs (RANK_ASSUMPTIONS) applied to the default command's per-stage seconds measured on one H200 (docs/gpu.md)
+and to the 8B estimate above (bench/results/scaling.json). Ranks on this CPU share its cores, so the measured rows
+compare one process with R ranks at equal cores (each rank cores / R threads), apart from one process on torch's
+default threads. Writes bench/results/scaling_ranks.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -114,14 +125,123 @@ def estimate_8b(rows: list[dict], gold_tiny: float) -> dict:
             "four_rounds_h": {k: round(4 * v / 3600, 2) for k, v in total.items()}}
 
 
+RANK_ASSUMPTIONS = {
+    "sample, ref_logps, evaluate": "divide into their batches (sample: ceil(problems / method.sample_batch_size), "
+                                   "ref_logps: ceil(pairs / method.batch_size), evaluate: ceil(n / eval_batch_size) "
+                                   "per split); a rank decodes every R-th batch, all batches cost the same, so a stage "
+                                   "takes ceil(batches / R) batch times; each rank has its own device",
+    "execute": "CPU sandbox workers share one node's cores (each rank gets cores / ranks per node): divides by nodes",
+    "pair": "rank 0 alone (milliseconds)",
+    "train": "same steps (global batch method.batch_size); a step's compute divides by R in the share c of the step "
+             "that is per-pair work, the rest is fixed; plus one ring all-reduce of the LoRA gradients per step",
+    "gather": "samples, verdicts and predictions cross as pickles over gloo: megabytes a round, neglected",
+}
+H200_DEFAULT = {"sample": 5.0, "execute": 0.0, "pair": 0.0, "ref_logps": 1.5, "train": 12.0, "evaluate": 3.0}
+"""The default command's round on one H200 (docs/gpu.md: sample 5 s, reference 1-2 s, train 7-17 s, evaluate 3 s)."""
+H200_8B_STEP_S = {1: 0.66, 2: 1.28, 8: 5.0}
+"""Measured LoRA step at Llama-3-8B's shape and 2048 + 512 tokens on one H200 (docs/gpu.md), pairs per step -> s."""
+LORA_GRAD_BYTES = 41.9e6 * 4  # r16 on all seven projections of Llama-3-8B, fp32 gradients
+NVLINK_BUS_GB_S = 300.0  # NCCL all-reduce bus bandwidth within an 8-GPU NVLink node (assumption)
+
+
+def estimate_world(stage_s: dict, units: dict, ranks: int, *, nodes: int = 1, train_compute: float = 1.0,
+                   steps: int = 0, allreduce_s: float = 0.0) -> dict:
+    """Seconds per stage on `ranks` data-parallel ranks from one rank's (RANK_ASSUMPTIONS). units: batches per
+    stage; train_compute: the per-pair share c of a one-rank step; allreduce_s: one gradient all-reduce."""
+    out = {}
+    for stage, t in stage_s.items():
+        if stage in ("sample", "ref_logps", "evaluate"):
+            u = max(1, units.get(stage, 1))
+            out[stage] = t * math.ceil(u / ranks) / u
+        elif stage == "execute":
+            out[stage] = t / nodes
+        elif stage == "train":
+            out[stage] = t * (train_compute / ranks + 1 - train_compute) + steps * allreduce_s
+        else:
+            out[stage] = t
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+def _ring_allreduce_s(ranks: int) -> float:
+    return 2 * (ranks - 1) / ranks * LORA_GRAD_BYTES / (NVLINK_BUS_GB_S * 1e9)
+
+
+def main_ranks(args) -> None:
+    import os
+
+    ranks = [int(x) for x in args.ranks.split(",")]
+    cores = len(os.sched_getaffinity(0))
+    # one process on one thread, then every rank count with cores / ranks threads a rank (1 process: every core;
+    # torchrun's own default is 1 a rank): the data-parallel gain at one thread a rank, and at equal cores
+    plan = [(1, 1)] + [(r, max(1, cores // r)) for r in ranks if (r, max(1, cores // r)) != (1, 1)]
+    rows, keys = {}, []
+    for r, threads in plan:
+        launcher = () if r == 1 else ("-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={r}")
+        extra = ("method.sample_batch_size=8", "method.eval_batch_size=16", "benchmark.held_out_split=null")
+        before = os.environ.get("OMP_NUM_THREADS")
+        if threads:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        else:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        try:
+            row = run_round(args.n_train, args.n_eval, args.samples, None, extra=extra, launcher=launcher)
+        finally:
+            os.environ.pop("OMP_NUM_THREADS", None)
+            if before is not None:
+                os.environ["OMP_NUM_THREADS"] = before
+        key = f"{r}x{threads or 'default'}"
+        row.update(ranks=r, threads_per_rank=threads or "default")
+        rows[key] = row
+        keys.append(key)
+        print(f"{r} rank(s) x {threads or 'default'} thread(s): " + " ".join(f"{s}={row[f'{s}_s']:.1f}s" for s in STAGES)
+              + f" round={row['round1_s']:.1f}s wall={row['wall_s']:.0f}s", flush=True)
+    # the default command on one H200: 600 problems / 32, 500 + 100 eval / 64, ~700 pairs / 8; a tiny-model step is
+    # launch-bound on a GPU (c = 0: a 1-pair step costs what an 8-pair one does)
+    h200_units = {"sample": 19, "evaluate": 8 + 2, "ref_logps": 88}
+    default_8 = estimate_world(H200_DEFAULT, h200_units, 8, train_compute=0.0)
+    # Llama-3-8B at the paper's sizes: the per-pair share of a step from the measured 1- and 8-pair steps
+    # step(b) = fixed + b * per_pair: c = 8 * per_pair / step(8)
+    c = 8 * (H200_8B_STEP_S[8] - H200_8B_STEP_S[1]) / 7 / H200_8B_STEP_S[8]
+    est = json.loads((common.RESULTS / "scaling.json").read_text())["estimate_llama3_8b"]  # `python bench/scaling.py`
+    e = est["seconds"]
+    paper_1 = {"sample": e["sample_lutra"], "execute": e["execute"], "pair": 0.0, "ref_logps": e["ref_logps"],
+               "train": e["train"], "evaluate": e["evaluate_hf"]}
+    pairs = est["derived"]["pairs"]
+    paper_units = {"sample": math.ceil(PAPER["problems"] / 4), "evaluate": math.ceil(PAPER["eval_problems"] / 64),
+                   "ref_logps": math.ceil(pairs / 8)}
+    paper_8 = estimate_world(paper_1, paper_units, 8, train_compute=c, steps=math.ceil(pairs / 8),
+                             allreduce_s=_ring_allreduce_s(8))
+    table = [{"case": f"this CPU, measured, {rows[k]['threads_per_rank']} thread(s) a rank", "ranks": rows[k]["ranks"],
+              **{s: rows[k][f"{s}_s"] for s in STAGES}, "round": rows[k]["round1_s"]} for k in keys]
+    for name, one_s, eight in (("default command, 1 H200 (measured)", H200_DEFAULT, None),
+                               ("default command, 8 GPUs (est.)", None, default_8),
+                               ("Llama-3-8B paper round, 1 GPU (est.)", paper_1, None),
+                               ("Llama-3-8B paper round, 8 GPUs (est.)", None, paper_8)):
+        d = eight or one_s
+        table.append({"case": name, "ranks": 8 if eight else 1, **d, "round": round(sum(d.values()), 1)})
+    print(common.table(table, ["case", "ranks", *STAGES, "round"], "{:.1f}"))
+    print(f"per-pair share of an 8B step c = {c:.3f}; all-reduce of the LoRA gradients on 8 GPUs: "
+          f"{1000 * _ring_allreduce_s(8):.2f} ms a step")
+    path = common.write_result("scaling_ranks", {
+        "machine": common.machine(), "rows": rows, "table": table,
+        "assumptions": {**RANK_ASSUMPTIONS, "h200_default_round_s": H200_DEFAULT, "h200_8b_step_s": H200_8B_STEP_S,
+                        "train_compute_8b": c, "nvlink_bus_gb_s": NVLINK_BUS_GB_S, "lora_grad_bytes": LORA_GRAD_BYTES}})
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--ranks", default=None, help="data-parallel rounds on these rank counts, e.g. 1,2")
+    ap.add_argument("--n-train", type=int, default=64)
     ap.add_argument("--problems", default="100,250,500,1000")
     ap.add_argument("--samples", default="4,8,16")
     ap.add_argument("--n-eval", type=int, default=100)
     ap.add_argument("--budget-s", type=float, default=900.0)
     ap.add_argument("--model-path", default=default_model())
     args = ap.parse_args()
+    if args.ranks:
+        args.samples = int(args.samples.split(",")[0])
+        return main_ranks(args)
     problems = [int(x) for x in args.problems.split(",")]
     sample_grid = [int(x) for x in args.samples.split(",")]
     plan = [(p, 8) for p in problems] + [(problems[0], m) for m in sample_grid if m != 8]
