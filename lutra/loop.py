@@ -82,8 +82,7 @@ class Loop:
         self.run.manifest["capabilities"] = self.capabilities
         self.run.manifest["data"] = {"train": len(self.train_problems), "eval": len(self.eval_problems),
                                      "held_out": len(self.held_out_problems)}
-        if world.size > 1:
-            self.run.manifest["world"] = {"ranks": world.size, "nodes": world.nodes, "launcher": world.launcher}
+        self.run.manifest["world"] = {"ranks": world.size, "nodes": world.nodes, "launcher": world.launcher}
         self.run.save()
         log.info("execution sandbox capabilities: %s", self.capabilities)
         self.logger = RunLogger(cfg, self.run) if world.main else NoLogger()
