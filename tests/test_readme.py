@@ -79,11 +79,12 @@ def readme_train_commands() -> list[list[str]]:
     for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             for part in re.split(r"&&|;", line.split(" #", 1)[0]):
-                words = shlex.split(part)
-                if words[:3] != ["python", "-m", "lutra.train"] or "-cd" in words:
+                words = shlex.split(part)  # also under a launcher: torchrun ... -m lutra.train, srun ... python -m
+                at = next((i + 2 for i in range(len(words) - 1) if words[i:i + 2] == ["-m", "lutra.train"]), None)
+                if at is None or "-cd" in words:
                     continue
-                args, skip, sweep = [], False, "-m" in words[3:]
-                for w in words[3:]:
+                args, skip, sweep = [], False, "-m" in words[at:]
+                for w in words[at:]:
                     if skip or w.startswith("-"):
                         skip = w == "--cfg"
                         continue
