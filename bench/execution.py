@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import common  # noqa: E402
 from lutra.benchmarks import Problem  # noqa: E402
 from lutra.config import BenchmarkConfig  # noqa: E402
 from lutra.execution import capabilities, sql  # noqa: E402
@@ -441,7 +442,7 @@ def main() -> None:
         print(f"wrote {out}")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        res = {"capabilities": capabilities(), "sql": bench_sql(args.items, args.baseline, tmp),
+        res = {"machine": common.machine(), "capabilities": capabilities(), "sql": bench_sql(args.items, args.baseline, tmp),
                "python": bench_python(args.python), "isolation": bench_isolation(args.python), "confine": bench_confine(),
                "seccomp": bench_seccomp(args.python), "false_timeouts": bench_false_timeouts()}
     s, p, f, iso, cf = res["sql"], res["python"], res["false_timeouts"], res["isolation"], res["confine"]
