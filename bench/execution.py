@@ -429,17 +429,13 @@ def main() -> None:
         res = bench_ds1000(args.ds1000, args.ds1000_python, args.ds1000_baseline)
         for row in _ds1000_rows(res):
             print(f"{row[0]:<44}  {row[1]:>12}  {row[2]}")
-        out = Path(__file__).resolve().parent / "results" / "execution_ds1000.json"
-        out.write_text(json.dumps(res, indent=2, default=str))
-        print(f"wrote {out}")
+        print(f"wrote {common.write_result('execution_ds1000', {'machine': common.machine(), **res})}")
         return
     if args.only == "seccomp":
         res = {"capabilities": capabilities(), "seccomp": bench_seccomp(args.python), "confine": bench_confine()}
         for row in _seccomp_rows(res["seccomp"]) + _confine_rows(res["confine"]):
             print(f"{row[0]:<46}  {row[1]:>17}  {row[2]}")
-        out = Path(__file__).resolve().parent / "results" / "execution_seccomp.json"
-        out.write_text(json.dumps(res, indent=2, default=str))
-        print(f"wrote {out}")
+        print(f"wrote {common.write_result('execution_seccomp', {'machine': common.machine(), **res})}")
         return
     with tempfile.TemporaryDirectory() as tmp:
         res = {"machine": common.machine(), "capabilities": capabilities(), "sql": bench_sql(args.items, args.baseline, tmp),
@@ -467,10 +463,7 @@ def main() -> None:
     w = max(len(r[0]) for r in rows)
     for name, val, note in rows:
         print(f"{name:<{w}}  {val:>10}  {note}")
-    out = Path(__file__).resolve().parent / "results" / "execution.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, default=str))
-    print(f"wrote {out}")
+    print(f"wrote {common.write_result('execution', res)}")
 
 
 if __name__ == "__main__":
